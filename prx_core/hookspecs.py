@@ -1,0 +1,168 @@
+"""Every hook a technique plugin can implement, and when the core calls it.
+
+The core calls hooks in fixed phases, always in this order (see docs/plugins.md):
+
+1. discovery ........ ``prx_register_techniques``            (once per process, every installed plugin)
+2. validation ....... ``prx_check_recipe``                    (before any tensor is made)
+3. planning ......... ``prx_resolution_schedule``, ``prx_cost``
+4. model set-up ..... ``prx_configure_model``, ``prx_optimizer_groups``
+5. each phase ....... ``prx_phase_change``, then ``prx_routing``, ``prx_capture_blocks``,
+                      ``prx_auxiliary_losses`` (resolved once: the objects they return are used
+                      for every step of the phase, so the step itself dispatches no hook)
+6. sampling ......... ``prx_guidance``
+7. checkpoints ...... ``prx_state_dict`` on save, ``prx_load_state_dict`` on resume
+
+Only the techniques a recipe selects are registered for a run, each as an instance built from
+its structured config; techniques that a phase disables are left out of that phase's calls.
+Results never depend on plugin order: lists are combined by technique name and dictionaries
+are merged with a collision check.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+from torch import nn
+
+from prx_core.types import (
+    AuxiliaryLoss,
+    CostTerm,
+    Guidance,
+    OptimizerClaim,
+    Phase,
+    Router,
+    Technique,
+)
+
+PROJECT = "prx"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def prx_register_techniques() -> list[Technique]:
+    """Declare the techniques this module provides.
+
+    Called once per process on every installed plugin module (found through the ``prx.plugins``
+    entry-point group), before any recipe is read. Returns a list of :class:`Technique`.
+    """
+
+
+@hookspec
+def prx_check_recipe(recipe: Any, active: tuple[str, ...]) -> list[str]:
+    """Return problems with the recipe that only this technique can see (empty list if none).
+
+    ``active`` is the sorted tuple of selected technique names. Declared roles, conflicts and
+    requirements are checked by the core already; use this for value-level rules such as
+    "the captured block lies inside a route". Called before any compute; each message should
+    name the recipe table and key and say what to change.
+    """
+
+
+@hookspec
+def prx_resolution_schedule(recipe: Any) -> list[Phase]:
+    """Return the training phases (resolution, global batch, steps, disabled techniques).
+
+    At most one active technique may implement it (role "schedule"); without one, the core
+    trains one phase from ``[train]`` and ``[data]``.
+    """
+
+
+@hookspec
+def prx_cost(model_config: Any, phase: Phase, text_tokens: int) -> list[CostTerm]:
+    """Return the training FLOPs this technique adds or removes per image in ``phase``.
+
+    ``model_config`` is the resolved :class:`prx_core.model.config.DenoiserConfig`;
+    ``text_tokens`` the text length used for the estimate. Used by ``--dry-run``, ``prx cost``
+    and the metrics' FLOP counter.
+    """
+
+
+@hookspec
+def prx_configure_model(model: nn.Module, recipe: Any) -> dict[str, nn.Module]:
+    """Return training-only modules to attach to the model, by name (e.g. a REPA projector).
+
+    The core stores them under ``model.extras[name]`` so they are checkpointed, wrapped for
+    DDP/FSDP and given to an optimizer like every other parameter. Called once, after the
+    denoiser is built and before optimizers are made.
+    """
+
+
+@hookspec
+def prx_optimizer_groups(model: nn.Module, recipe: Any) -> list[OptimizerClaim]:
+    """Claim parameters and say which optimizer steps them.
+
+    A parameter claimed by two techniques is a recipe error; unclaimed parameters go to the
+    core's AdamW built from ``[optim]``. Called once, after ``prx_configure_model``.
+    """
+
+
+@hookspec
+def prx_phase_change(phase: Phase, index: int, step: int) -> None:
+    """Tell the technique that phase ``index`` starts at global ``step`` (also on resume)."""
+
+
+@hookspec
+def prx_routing(phase: Phase, model_config: Any) -> Router | None:
+    """Return the router used for every training step of ``phase`` (or None for dense).
+
+    The core asks the router for a :data:`prx_core.types.RoutePlan` each step and gathers /
+    scatters the image tokens and the RoPE tables accordingly. At most one active technique
+    routes (role "routing").
+    """
+
+
+@hookspec
+def prx_capture_blocks(phase: Phase, model_config: Any) -> list[int]:
+    """Return the block indices whose outputs this technique needs in ``phase``.
+
+    The core captures the union and passes them to auxiliary losses as ``StepTensors.captured``.
+    """
+
+
+@hookspec
+def prx_auxiliary_losses(phase: Phase, model: nn.Module) -> list[AuxiliaryLoss]:
+    """Return the auxiliary losses computed on every training step of ``phase``.
+
+    Each returns ``{term: weighted scalar}``; the core sums them into the objective and logs
+    each term (and its share of step time) in ``metrics.jsonl``.
+    """
+
+
+@hookspec
+def prx_guidance(sample_config: Any, model_config: Any, router: Router | None) -> Guidance | None:
+    """Return how each sampling step combines denoiser calls (None: plain conditional).
+
+    ``router`` is the routing technique's router, if one is active in the recipe, for
+    guidance that needs a routed pass. At most one active technique guides (role "guidance").
+    """
+
+
+@hookspec
+def prx_state_dict() -> dict[str, Any]:
+    """Return ``{technique name: state}`` to store in the checkpoint (tensors and plain data)."""
+
+
+@hookspec
+def prx_load_state_dict(states: dict[str, Any]) -> None:
+    """Restore this technique's state from ``states[name]`` (absent when it had none)."""
+
+
+def hook_names() -> list[str]:
+    """Names of all hooks, in the order the core calls them."""
+    return [name for name in globals() if name.startswith("prx_") and callable(globals()[name])]
+
+
+# Re-exported for plugin authors: ``from prx_core.hookspecs import hookimpl, Technique, ...``
+__all__ = [
+    "AuxiliaryLoss",
+    "CostTerm",
+    "Guidance",
+    "OptimizerClaim",
+    "Phase",
+    "Router",
+    "Technique",
+    "hookimpl",
+    "hookspec",
+    "hook_names",
+]

@@ -1,0 +1,141 @@
+"""The recipe: one attrs class per TOML table of the core. Technique tables are structured into
+each technique's own config class and kept in ``Recipe.techniques``.
+
+Defaults are the PRX speedrun's numbers (RECIPE.md); the quickstart overrides the sizes.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from prx_core.data.config import DataConfig
+from prx_core.model.config import PRESETS, DenoiserConfig
+
+
+@attrs.define(kw_only=True)
+class ModelConfig:
+    """``preset`` names a size from ``prx_core.model.config.PRESETS``; any field set here
+    overrides the preset's value. The text width comes from the text encoder."""
+
+    preset: str = "prx-1.2b"
+    hidden: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    mlp_ratio: float | None = None
+    patch: int | None = None
+    bottleneck: int | None = None
+    activation_checkpointing: bool = False
+
+    def resolve(self, text_dim: int) -> DenoiserConfig:
+        fields = dict(PRESETS[self.preset])
+        for name in ("hidden", "depth", "heads", "mlp_ratio", "patch", "bottleneck"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        return DenoiserConfig(**fields, text_dim=text_dim)
+
+
+@attrs.define(kw_only=True)
+class TextConfig:
+    """``encoder``: a Hugging Face id, a local directory, or ``package:NAME/SUBDIR`` for weights
+    shipped inside an installed Python package. ``dim`` is only needed for ``encoder = "none"``
+    (random embeddings for timing) and is read from the encoder otherwise."""
+
+    encoder: str = "google/t5gemma-2b-2b-ul2"
+    max_length: int = 256
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dim: int | None = None
+
+
+@attrs.define(kw_only=True)
+class ObjectiveConfig:
+    """x-prediction with the loss in v-space (RECIPE.md §2)."""
+
+    time_sampling: Literal["shifted_logit_normal", "logit_normal"] = "shifted_logit_normal"
+    shift: float = 3.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    uniform_fraction: float = 0.1
+    t_min: float = 1e-3
+    t_max: float = 1.0
+    loss_t_floor: float = 0.05
+    caption_dropout: float = 0.1
+
+
+@attrs.define(kw_only=True)
+class OptimConfig:
+    """The default optimizer (AdamW) for parameters no technique claims, the LR schedule,
+    clipping and EMA."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    grad_clip: float = 0.2
+    ema_decay: float = 0.999
+    ema_every: int = 10
+
+
+@attrs.define(kw_only=True)
+class TrainConfig:
+    steps: int = 120_000
+    batch_size: int = 1024
+    micro_batch_size: int | None = None
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    log_every: int = 10
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    max_nonfinite_in_row: int = 5
+    runs_dir: str = "runs"
+
+
+@attrs.define(kw_only=True)
+class SampleConfig:
+    sampler: Literal["euler", "heun"] = "euler"
+    steps: int = 50
+    preview_steps: int = 20
+    shift: float = 3.0
+    num_prompts: int = 16
+    columns: int = 4
+    seed: int = 1234
+
+
+@attrs.define(kw_only=True)
+class EvalConfig:
+    """Prompt-following evaluation on held-out scene prompts (see prx_core.evaluation)."""
+
+    num_prompts: int = 64
+    steps: int = 20
+    seed: int = 4321
+
+
+@attrs.define(kw_only=True)
+class DistributedConfig:
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+@attrs.define(kw_only=True)
+class Recipe:
+    name: str = "run"
+    seed: int = 0
+    plugins: list[str] = attrs.Factory(list)
+    model: ModelConfig = attrs.Factory(ModelConfig)
+    text: TextConfig = attrs.Factory(TextConfig)
+    data: DataConfig = attrs.Factory(DataConfig)
+    objective: ObjectiveConfig = attrs.Factory(ObjectiveConfig)
+    optim: OptimConfig = attrs.Factory(OptimConfig)
+    train: TrainConfig = attrs.Factory(TrainConfig)
+    sample: SampleConfig = attrs.Factory(SampleConfig)
+    eval: EvalConfig = attrs.Factory(EvalConfig)
+    distributed: DistributedConfig = attrs.Factory(DistributedConfig)
+    techniques: dict[str, Any] = attrs.Factory(dict)
+
+
+CORE_TABLES = ("model", "text", "data", "objective", "optim", "train", "sample", "eval", "distributed")
+CORE_KEYS = ("name", "seed", "plugins", "extends")

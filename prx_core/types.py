@@ -1,0 +1,176 @@
+"""The small value types that cross the boundary between the core and the technique plugins.
+
+Hooks return these; the core consumes them. They are deliberately plain (NamedTuple or attrs) so
+that the tensors inside them can flow through a ``torch.compile``-d model without graph breaks.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
+
+import attrs
+import torch
+from torch import nn
+
+
+class Route(NamedTuple):
+    """Image tokens kept through blocks ``start..end`` (inclusive, 0-indexed).
+
+    ``index`` has shape (batch, kept) and holds, per sample, the positions (in the full token
+    grid, row-major) of the tokens that go through the routed blocks, sorted ascending. The other
+    tokens skip from the input of ``start`` to the output of ``end`` unchanged.
+    """
+
+    start: int
+    end: int
+    index: torch.Tensor
+
+
+RoutePlan = tuple[Route, ...]
+"""Zero or more non-overlapping routes, in block order. An empty plan means dense."""
+
+
+class Captured(NamedTuple):
+    """A block's output as the block saw it: ``hidden`` (batch, tokens, dim) and, when the block
+    ran inside a route, ``index`` (batch, tokens) mapping each row to its full-grid position."""
+
+    hidden: torch.Tensor
+    index: torch.Tensor | None
+
+
+class Conditioning(NamedTuple):
+    """Frozen text-encoder output: ``tokens`` (batch, length, text_dim) and boolean ``mask``."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+@attrs.frozen
+class Phase:
+    """One stretch of training with fixed resolution and batch, e.g. "512 px" then "1024 px".
+
+    ``disabled`` names techniques that are off for this phase (REPA in the 1024 px phase).
+    """
+
+    name: str
+    steps: int
+    resolution: int
+    batch_size: int
+    disabled: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class StepTensors:
+    """What one training micro-step produced, handed to every auxiliary loss.
+
+    ``x0`` is the clean image in [-1, 1], ``x0_hat`` the denoiser's prediction, ``t`` the noise
+    level per sample (1 = noise), ``captured`` the block outputs asked for through the capture
+    hook, ``route`` the route plan the denoiser ran with (empty when dense).
+    """
+
+    x0: torch.Tensor
+    x_t: torch.Tensor
+    t: torch.Tensor
+    x0_hat: torch.Tensor
+    captured: Mapping[int, Captured]
+    route: RoutePlan
+    patch: int
+    step: int
+
+
+class Router(Protocol):
+    """Chooses, for one step, which image tokens each routed block sees."""
+
+    def plan(self, batch: int, grid: tuple[int, int], step: int, device: torch.device) -> RoutePlan:
+        """Return the route plan for ``batch`` samples on a ``grid`` of (rows, cols) tokens."""
+        ...
+
+
+class AuxiliaryLoss(Protocol):
+    """An extra training loss computed from a step's tensors."""
+
+    name: str
+
+    def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
+        """Return ``{term name: weighted scalar}``; the core adds them to the objective."""
+        ...
+
+
+Predict = Callable[[torch.Tensor, torch.Tensor, Conditioning, RoutePlan], torch.Tensor]
+"""``predict(x_t, t, conditioning, route_plan) -> x0_hat``: one denoiser call at sampling time."""
+
+
+class Guidance(Protocol):
+    """Combines one or more denoiser calls into the x0 prediction of a sampling step."""
+
+    def __call__(
+        self, predict: Predict, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning
+    ) -> torch.Tensor:
+        ...
+
+
+@attrs.frozen
+class OptimizerClaim:
+    """A plugin's claim on parameters: it builds the optimizer that steps them.
+
+    ``params`` are (qualified name, parameter) pairs from ``model.named_parameters()``.
+    ``build(params) -> torch.optim.Optimizer`` is called once, after all claims are checked.
+    """
+
+    owner: str
+    params: tuple[tuple[str, nn.Parameter], ...]
+    build: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+    label: str = ""
+
+
+@attrs.frozen
+class CostTerm:
+    """Training FLOPs per image that a plugin adds (positive) or removes (negative).
+
+    ``category`` is one of "denoiser", "teacher", "optimizer" (optimizer FLOPs are per step and
+    the cost model divides them by the global batch).
+    """
+
+    name: str
+    flops: float
+    category: str = "denoiser"
+    per: str = "image"
+
+
+@attrs.frozen
+class Technique:
+    """What a plugin registers: its name, configuration class and declared behaviour.
+
+    ``plugin`` is a class called as ``plugin(config, context)`` (``config`` is None when the
+    technique has no config class; ``context`` is a :class:`RunContext`)
+    whose instance carries the ``@hookimpl`` methods. ``roles`` are exclusive: two active
+    techniques sharing a role (e.g. "guidance") are a recipe error. ``conflicts`` and
+    ``requires`` name other techniques. ``effects`` are the observable effects the interference
+    matrix checks (see docs/plugins.md for the vocabulary).
+    """
+
+    name: str
+    plugin: Callable[..., Any]
+    config: type | None = None
+    summary: str = ""
+    effects: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RunContext:
+    """What a technique instance may know about the run it is part of.
+
+    Passed as ``plugin(config, context)`` when the core builds the technique for a run.
+    ``recipe`` is the resolved :class:`prx_core.recipe.schema.Recipe`; ``log`` prints a line
+    on rank 0 (and into the run log).
+    """
+
+    recipe: Any
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    log: Callable[[str], None] = print
