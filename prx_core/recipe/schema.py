@@ -38,9 +38,10 @@ class ModelConfig:
 
 @attrs.define(kw_only=True)
 class TextConfig:
-    """``encoder``: a Hugging Face id, a local directory, or ``package:NAME/SUBDIR`` for weights
-    shipped inside an installed Python package. ``dim`` is only needed for ``encoder = "none"``
-    (random embeddings for timing) and is read from the encoder otherwise."""
+    """``encoder``: a Hugging Face id, a local directory, ``package:NAME/SUBDIR`` for weights
+    shipped inside an installed Python package, or ``"none"`` (fixed random embeddings, for
+    benchmarks). ``dim``: the encoder's output width; needed by ``--dry-run`` and ``"none"``,
+    checked against the encoder when it loads."""
 
     encoder: str = "google/t5gemma-2b-2b-ul2"
     max_length: int = 256
@@ -80,6 +81,11 @@ class OptimConfig:
 
 @attrs.define(kw_only=True)
 class TrainConfig:
+    """``batch_size`` is the global batch; ``micro_batch_size`` the per-device batch (default:
+    global / processes), gradient accumulation makes up the rest. ``max_wall_s`` stops training
+    (with checkpoint, samples and evaluation) once that many seconds have passed, for
+    equal-wall-clock ablations. ``precision``: "auto" is bf16 autocast on GPU, fp32 on CPU."""
+
     steps: int = 120_000
     batch_size: int = 1024
     micro_batch_size: int | None = None
@@ -91,6 +97,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     max_nonfinite_in_row: int = 5
+    max_wall_s: float | None = None
     runs_dir: str = "runs"
 
 
@@ -107,11 +114,15 @@ class SampleConfig:
 
 @attrs.define(kw_only=True)
 class EvalConfig:
-    """Prompt-following evaluation on held-out scene prompts (see prx_core.evaluation)."""
+    """Prompt-following evaluation on held-out scene prompts (see prx_core.evaluation), and
+    distribution metrics of the same images against the scene generator's renders of the same
+    prompts (``"efficientnet-lite0"``: Fréchet distance on offline ImageNet features;
+    ``"inception"``: FID and ``"clip"``: CMMD where those weights are available)."""
 
     num_prompts: int = 64
     steps: int = 20
     seed: int = 4321
+    distribution_metrics: list[str] = attrs.Factory(lambda: ["efficientnet-lite0"])
 
 
 @attrs.define(kw_only=True)
