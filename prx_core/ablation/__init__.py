@@ -1,0 +1,8 @@
+"""Ablations: a design of runs (:mod:`.design`), a resumable runner of ``prx run`` subprocesses
+(:mod:`.runner`), and the report rebuilt from the ablation folder (:mod:`.results`,
+:mod:`.stats`, :mod:`.report`, :mod:`.plots`).
+
+The ablation folder holds ``ablation.json`` (the plan), one run folder per (variant, seed) under
+``runs/``, the runs' console logs under ``logs/``, and the report: ``results.csv``,
+``results.json``, ``report.md`` and ``plots/``.
+"""
