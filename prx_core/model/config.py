@@ -46,7 +46,7 @@ PRESETS: dict[str, dict] = {
     # Deep enough for routing to matter on a CPU (12 blocks).
     "prx-small": dict(hidden=384, depth=12, heads=6, mlp_ratio=3.5, patch=8, bottleneck=128),
     # The quickstart's model: about 5 M parameters, trains on two CPU cores in minutes.
-    "prx-tiny": dict(hidden=256, depth=8, heads=4, mlp_ratio=3.5, patch=4, bottleneck=48),
+    "prx-tiny": dict(hidden=192, depth=6, heads=3, mlp_ratio=3.5, patch=8, bottleneck=64),
     # For tests: seconds per step on a CPU.
     "prx-test": dict(hidden=64, depth=4, heads=2, mlp_ratio=2.0, patch=8, bottleneck=32),
 }

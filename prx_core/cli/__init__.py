@@ -1,0 +1,35 @@
+"""The ``prx`` command. Each sub-command lives in its own module with a ``register(subparsers)``
+function that adds its parser and sets ``func``; errors a user can fix exit with code 2 and one
+paragraph, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from prx_core.errors import UserError
+
+COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prx",
+        description="Train pixel-space text-to-image diffusion transformers from composable techniques.",
+        epilog="Start with: prx run recipes/quickstart.toml   (see README.md)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"prx_core.cli.{name}_cmd").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,110 @@
+"""One process or many under ``torchrun``: process group, device, and DDP / FSDP2 wrapping.
+
+``torchrun --nproc-per-node N -m prx_core run RECIPE`` sets RANK/WORLD_SIZE/LOCAL_RANK; the
+same recipe runs unchanged in one process. Backend: NCCL on GPUs, gloo on CPUs.
+"""
+from __future__ import annotations
+
+import os
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from prx_core.recipe.schema import DistributedConfig
+
+
+@attrs.frozen
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    strategy: str  # "none", "ddp" or "fsdp"
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(config: DistributedConfig, device_preference: str) -> DistInfo:
+    """Join the process group when launched by torchrun; otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = config.backend if config.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    strategy = config.strategy
+    if strategy == "auto":
+        strategy = "ddp" if world > 1 else "none"
+    if world == 1:
+        strategy = "none"
+    return DistInfo(rank, world, local_rank, strategy, device)
+
+
+def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
+    """DDP wrapper, or FSDP2 ``fully_shard`` per block then the root (in place), or the model."""
+    if info.strategy == "ddp":
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    if info.strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    return model
+
+
+def set_gradient_sync(model: nn.Module, info: DistInfo, enabled: bool) -> None:
+    """Skip the gradient all-reduce on micro-steps that only accumulate."""
+    if info.strategy == "fsdp":
+        model.set_requires_gradient_sync(enabled)
+    elif info.strategy == "ddp":
+        model.require_backward_grad_sync = enabled
+
+
+def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.world_size > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        tensor /= info.world_size
+    return tensor
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (picklable plain data), in rank order, on every rank."""
+    if info.world_size == 1:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

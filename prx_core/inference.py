@@ -1,0 +1,61 @@
+"""Loading a trained run for sampling and evaluation on one device."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import torch
+
+from prx_core.checkpoint import load_state, resolve_checkpoint
+from prx_core.distributed import pick_device
+from prx_core.errors import CheckpointError
+from prx_core.model.denoiser import PRXDenoiser
+from prx_core.plugins import Registry, TechniqueSet, discover
+from prx_core.recipe.loader import load_recipe
+from prx_core.recipe.schema import Recipe
+from prx_core.text import TextEncoder, load_text_encoder
+from prx_core.train.plan import plan_phases
+from prx_core.train.trainer import autocast_dtype, single
+from prx_core.types import Guidance, RunContext
+
+
+@attrs.frozen
+class Inference:
+    recipe: Recipe
+    model: PRXDenoiser
+    text_encoder: TextEncoder
+    guidance: Guidance | None
+    autocast: torch.dtype | None
+    resolution: int
+    step: int
+
+
+def load_for_sampling(checkpoint: str | Path, overrides: tuple[str, ...] = (), device: str = "auto",
+                      registry: Registry | None = None) -> Inference:
+    """EMA weights of the checkpoint, the run's recipe (from the run folder), its text encoder and
+    the guidance its techniques define. ``overrides`` (``table.key=value``) adjust the recipe,
+    e.g. ``sample.steps=50`` or ``plugins=[...]`` to try another guidance."""
+    folder = resolve_checkpoint(checkpoint)
+    recipe_path = folder.parent.parent / "recipe.toml"
+    if not recipe_path.is_file():
+        raise CheckpointError(f"{recipe_path} not found: a checkpoint is read together with the recipe.toml of "
+                              f"its run folder. Pass the run folder (runs/NAME) or a checkpoint inside it.")
+    registry = registry or discover()
+    recipe = load_recipe(recipe_path, overrides, registry)
+    dev = pick_device(device if device != "auto" else recipe.train.device)
+    state = load_state(folder, map_location=dev)
+    text_encoder = load_text_encoder(recipe.text, dev)
+    config = recipe.model.resolve(text_encoder.dim)
+    model = PRXDenoiser(config).to(dev)
+    missing, unexpected = model.load_state_dict(state["ema"], strict=False)
+    if unexpected or any(not k.startswith("extras.") for k in missing):
+        raise CheckpointError(f"checkpoint {folder} does not match the recipe's model ({recipe.model.preset}): "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, device=dev))
+    phases = plan_phases(recipe, techniques)
+    last = phases[-1]
+    router = single(techniques.call("prx_routing", phase=last, model_config=config), "prx_routing")
+    guidance = single(techniques.call("prx_guidance", sample_config=recipe.sample, model_config=config,
+                                      router=router), "prx_guidance")
+    return Inference(recipe, model.eval(), text_encoder, guidance, autocast_dtype(recipe.train.precision, dev),
+                     last.resolution, int(state["step"]))

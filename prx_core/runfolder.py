@@ -1,0 +1,54 @@
+"""The run folder: resolved recipe, metrics.jsonl, samples, evaluation, summary, checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+EVAL = "eval.json"
+
+
+class RunFolder:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+
+    def create(self) -> None:
+        for folder in (self.root, self.checkpoints, self.samples):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the file has no duplicated steps."""
+        path = self.root / METRICS
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.root / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.root / METRICS
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        tmp = self.root / (name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.root / name)
+
+
+def final_means(rows: list[dict[str, Any]], share: float = 0.1) -> dict[str, float]:
+    """Mean of each loss over the last ``share`` of logged rows (at least one row)."""
+    if not rows:
+        return {}
+    tail = rows[-max(1, math.ceil(len(rows) * share)) :]
+    keys = [k for k in tail[-1] if k == "loss" or k.startswith("loss/")]
+    return {k: sum(r[k] for r in tail if k in r) / sum(1 for r in tail if k in r) for k in keys}

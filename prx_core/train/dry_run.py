@@ -1,0 +1,40 @@
+"""``prx run --dry-run``: everything a run would decide before compute, printed, nothing trained."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from prx_core.cost import estimate_cost, render_cost_report
+from prx_core.errors import RecipeError
+from prx_core.plugins import Registry, TechniqueSet
+from prx_core.recipe.schema import Recipe
+from prx_core.train.plan import accumulation_steps, parameter_count, plan_phases
+from prx_core.types import RunContext
+
+
+def print_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, gpu: str = "h200",
+               price: float = 2.0) -> None:
+    """Validate ``recipe`` as a run would (techniques, phases, batch split) and print the plan."""
+    console = Console(highlight=False)
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, log=console.print))
+    if recipe.text.dim is None:
+        raise RecipeError("--dry-run does not load the text encoder, so it needs its width: set [text] dim "
+                          "(e.g. dim = 2304 for T5Gemma-2B, 384 for all-MiniLM-L6-v2).")
+    config = recipe.model.resolve(recipe.text.dim)
+    phases = plan_phases(recipe, techniques)
+    gpus = gpus or 1
+    table = Table(title=f"plan of '{recipe.name}' on {gpus} process(es)")
+    for column in ("phase", "resolution", "global batch", "per device x accumulation", "steps", "techniques off"):
+        table.add_column(column)
+    for phase in phases:
+        accumulation = accumulation_steps(recipe, phase, gpus)
+        per_device = phase.batch_size // (gpus * accumulation)
+        table.add_row(phase.name, f"{phase.resolution} px", str(phase.batch_size), f"{per_device} x {accumulation}",
+                      f"{phase.steps:,}", ", ".join(phase.disabled) or "-")
+    console.print(f"techniques: {', '.join(techniques.names) or '(none)'}")
+    console.print(f"model: {recipe.model.preset}, {parameter_count(config):,} parameters "
+                  f"(hidden {config.hidden}, depth {config.depth}, heads {config.heads}, patch {config.patch}), "
+                  f"text width {config.text_dim}")
+    console.print(table)
+    report = estimate_cost(recipe, techniques, gpu=gpu, gpus=gpus, price=price, text_dim=recipe.text.dim)
+    console.print(render_cost_report(report))

@@ -1,0 +1,269 @@
+"""``prx run``: validate, plan, train through the phases, checkpoint, sample, evaluate, summarise."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from prx_core import distributed as D
+from prx_core.checkpoint import CheckpointManager, load_state
+from prx_core.console import RunConsole
+from prx_core.data.loader import build_loader
+from prx_core.data.schedule import phase_at
+from prx_core.errors import UserError
+from prx_core.evaluation.prompt_following import evaluate
+from prx_core.generate import generate, save_grid
+from prx_core.evaluation.prompts import eval_scenes
+from prx_core.model.denoiser import PRXDenoiser
+from prx_core.plugins import Registry, TechniqueSet
+from prx_core.recipe.loader import dump_recipe_toml
+from prx_core.recipe.schema import Recipe
+from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
+from prx_core.text import check_declared_dim, load_text_encoder
+from prx_core.train.plan import accumulation_steps, plan_phases
+from prx_core.train.trainer import Trainer, single
+from prx_core.types import RunContext
+
+
+class NonFiniteError(UserError):
+    """Several optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class Interrupted:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.flag = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.flag:  # a second Ctrl-C aborts at once
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def sampling_model(trainer: Trainer) -> PRXDenoiser:
+    """A fresh denoiser on the training device holding the EMA weights."""
+    model = PRXDenoiser(trainer.model_config).to(trainer.device)
+    trainer.ema.copy_to(model)
+    return model.eval()
+
+
+def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool = False,
+                 interactive: bool | None = None) -> Path:
+    """Train ``recipe`` into ``run_dir``; returns the run folder."""
+    info = D.init_distributed(recipe.distributed, recipe.train.device)
+    folder = RunFolder(run_dir)
+    if not resume and CheckpointManager(folder.checkpoints).latest() is not None:
+        raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
+                        f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
+    if info.is_main:
+        folder.create()
+    log_file = open(folder.root / "log.txt", "a") if info.is_main else None
+    console = RunConsole(0, enabled=info.is_main, interactive=interactive, log_file=log_file)
+    context = RunContext(recipe, recipe.seed, info.rank, info.world_size, info.device, console.log)
+    techniques = TechniqueSet(recipe, registry, context)
+    phases = plan_phases(recipe, techniques)
+    micro = {p.name: accumulation_steps(recipe, p, info.world_size) for p in phases}
+    total_steps = sum(p.steps for p in phases)
+    console.total = total_steps
+
+    text_encoder = load_text_encoder(recipe.text, info.device)
+    check_declared_dim(recipe.text, text_encoder)
+    trainer = Trainer(recipe, techniques, text_encoder, info)
+    checkpoints = CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints)
+    loader_state = None
+    if resume and checkpoints.latest() is not None:
+        state = load_state(checkpoints.latest(), map_location=info.device)
+        trainer.load_state_dict(state)
+        loader_state = state.get("loader")
+        console.log(f"resumed from {checkpoints.latest()} at step {trainer.step}")
+        if info.is_main:
+            folder.truncate_metrics(trainer.step)
+    elif resume:
+        console.log(f"--resume: no checkpoint in {folder.checkpoints} yet, starting from step 0")
+        if info.is_main:
+            folder.truncate_metrics(0)
+    if info.is_main:
+        (folder.root / "recipe.toml").write_text(dump_recipe_toml(recipe))
+        console.log(f"run folder: {folder.root}")
+        console.log(f"techniques: {', '.join(techniques.names) or '(none)'}")
+        console.log("parameters: " + ", ".join(f"{k} {v:,}" for k, v in trainer.param_split.items()))
+        console.log(f"device: {info.device}, processes: {info.world_size} ({info.strategy}), "
+                    f"precision: {'bf16 autocast' if trainer.autocast else 'fp32'}")
+
+    saved_at = [trainer.step if checkpoints.latest() is not None else -1]
+
+    def save(loader) -> None:
+        saved_at[0] = trainer.step
+        state = trainer.state_dict()
+        state["loader"] = {"phase": last_phase, "ranks": D.gather_objects(loader.state_dict(), info)}
+        if info.is_main:
+            path = checkpoints.save(trainer.step, state)
+            console.log(f"checkpoint: {path}")
+        D.barrier(info)
+
+    started = time.monotonic()
+    window_start, window_steps = time.monotonic(), 0
+    last_phase, loader, batches = None, None, None
+    try:
+        with console, Interrupted() as interrupted:
+            while trainer.step < total_steps:
+                index, _ = phase_at(phases, trainer.step)
+                phase = phases[index]
+                if index != last_phase:
+                    if loader is not None:
+                        loader.close()
+                    per_device = phase.batch_size // (info.world_size * micro[phase.name])
+                    loader = build_loader(recipe.data, resolution=phase.resolution, batch_size=per_device,
+                                          patch=trainer.model_config.patch, seed=recipe.seed, rank=info.rank,
+                                          world_size=info.world_size, text_fingerprint=text_encoder.fingerprint)
+                    if loader_state is not None and loader_state["phase"] == index:
+                        restore_loader(loader, loader_state["ranks"], info, console)
+                    loader_state = None
+                    batches = iter(loader)
+                    trainer.start_phase(phase, index)
+                    console.log(f"phase {index} '{phase.name}': {phase.resolution}px, global batch "
+                                f"{phase.batch_size} = {per_device} x {info.world_size} processes x "
+                                f"{micro[phase.name]} accumulation, until step {sum(p.steps for p in phases[:index + 1])}")
+                    last_phase = index
+                log_now = (trainer.step + 1) % recipe.train.log_every == 0 or trainer.step + 1 == total_steps
+                metrics = trainer.train_step(batches, micro[phase.name], timed=log_now)
+                window_steps += 1
+                if trainer.nonfinite_in_row >= recipe.train.max_nonfinite_in_row:
+                    raise NonFiniteError(
+                        f"{trainer.nonfinite_in_row} optimizer steps in a row had a non-finite loss or gradient "
+                        f"(step {trainer.step}); the run stopped and the last good checkpoint in "
+                        f"{folder.checkpoints} is intact. Lower [optim] lr or [optim] grad_clip and resume."
+                    )
+                if log_now:
+                    row = read_metrics(metrics, trainer, info, phase, started)
+                    row.pop("images")
+                    elapsed = time.monotonic() - window_start
+                    row["images_per_s"] = phase.batch_size * window_steps / elapsed
+                    row["step_ms"] = 1e3 * elapsed / window_steps
+                    row.update({f"data/{k}": v for k, v in loader.stats().items()})
+                    window_start, window_steps = time.monotonic(), 0
+                    if info.is_main:
+                        folder.append_metrics(row)
+                    console.advance(trainer.step, phase.name, row)
+                else:
+                    console.advance(trainer.step, phase.name, None)
+                if recipe.train.sample_every and trainer.step % recipe.train.sample_every == 0 and trainer.step < total_steps:
+                    write_samples(trainer, folder, recipe, info)
+                out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
+                if trainer.step % recipe.train.checkpoint_every == 0 or interrupted.flag:
+                    save(loader)
+                if out_of_time:
+                    console.log(f"[train] max_wall_s = {recipe.train.max_wall_s} reached at step {trainer.step}")
+                    break
+                if interrupted.flag:
+                    console.log(f"interrupted at step {trainer.step}; continue with: prx run ... --resume")
+                    return folder.root
+            if saved_at[0] != trainer.step:
+                save(loader)
+        finish(trainer, folder, recipe, info, console, started, phases)
+    finally:
+        if loader is not None:
+            loader.close()
+        if log_file is not None:
+            log_file.close()
+        D.shutdown()
+    return folder.root
+
+
+def read_metrics(metrics: dict[str, torch.Tensor], trainer: Trainer, info: D.DistInfo, phase, started: float) -> dict:
+    """The only host read of the step's metrics, every ``log_every`` steps (averaged over ranks)."""
+    stacked = torch.stack([v.to(info.device).float().reshape(()) for v in metrics.values()])
+    stacked = D.all_reduce_mean(stacked, info).tolist()
+    row = {"step": trainer.step, "phase": phase.name, "wall_s": round(time.monotonic() - started, 3)}
+    row.update({k: v for k, v in zip(metrics, stacked)})
+    row.update({f"time/{k}_ms": v for k, v in trainer.term_ms.items()})
+    row["nonfinite_skipped"] = trainer.nonfinite_total
+    if info.device.type == "cuda":
+        row["peak_mem_mb"] = torch.cuda.max_memory_allocated(info.device) / 2**20
+    else:
+        import resource
+
+        row["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def resolve_guidance(trainer: Trainer, recipe: Recipe):
+    return single(trainer.techniques.call("prx_guidance", sample_config=recipe.sample,
+                                          model_config=trainer.model_config, router=trainer.router),
+                  "prx_guidance")
+
+
+def write_samples(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo) -> None:
+    if not info.is_main:
+        return
+    scenes = eval_scenes(recipe.sample.num_prompts, recipe.sample.seed)
+    captions = [s.caption() for s in scenes]
+    model = sampling_model(trainer)
+    images = generate(model, trainer.text_encoder, captions, (trainer.phase.resolution,) * 2, recipe.sample,
+                      steps=recipe.sample.preview_steps, guidance=resolve_guidance(trainer, recipe),
+                      seed=recipe.sample.seed, autocast=trainer.autocast)
+    save_grid(images, captions, folder.samples / f"step_{trainer.step:08d}.png", columns=recipe.sample.columns)
+
+
+def images_seen(phases, step: int) -> int:
+    """Training images in the first ``step`` optimizer steps of the schedule."""
+    total, start = 0, 0
+    for phase in phases:
+        total += phase.batch_size * max(0, min(step - start, phase.steps))
+        start += phase.steps
+    return total
+
+
+def restore_loader(loader, states: list[dict], info: D.DistInfo, console: RunConsole) -> None:
+    """Each rank resumes its own loader position; under a different process count the data order
+    cannot be replayed exactly, so the loaders start the phase's data afresh (and say so)."""
+    if len(states) == info.world_size:
+        loader.load_state_dict(states[info.rank])
+    else:
+        console.log(f"resuming on {info.world_size} processes from a checkpoint written by {len(states)}: "
+                    f"model and optimizer state are exact, the data order restarts for this phase")
+
+
+def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, console: RunConsole,
+           started: float, phases) -> None:
+    """Final sample grid, prompt-following evaluation and summary (rank 0)."""
+    if not info.is_main:
+        return
+    write_samples(trainer, folder, recipe, info)
+    model = sampling_model(trainer)
+    evaluation = {"step": trainer.step, **evaluate(model, trainer.text_encoder, recipe.eval, recipe.sample,
+                                                   trainer.phase.resolution, resolve_guidance(trainer, recipe),
+                                                   trainer.autocast)}
+    score = evaluation["prompt_following"]
+    folder.write_json(EVAL, evaluation)
+    rows = folder.read_metrics()
+    wall = rows[-1]["wall_s"] if rows else time.monotonic() - started
+    images = images_seen(phases, trainer.step)
+    summary = {
+        "name": recipe.name, "plugins": list(trainer.techniques.names), "seed": recipe.seed,
+        "steps": trainer.step, "wall_s": wall,
+        "images_per_s": images / wall if wall else 0.0,
+        "peak_mem_mb": max((r.get("peak_mem_mb", 0.0) for r in rows), default=0.0),
+        "nonfinite_skipped": trainer.nonfinite_total,
+        "final": final_means(rows), "eval": evaluation,
+    }
+    folder.write_json(SUMMARY, summary)
+    console.table("summary", {"steps": trainer.step, "wall time (s)": round(wall, 1),
+                              "images/s": summary["images_per_s"], **summary["final"],
+                              **{f"prompt following / {k}": v for k, v in score.items()},
+                              **evaluation.get("distribution", {})})
+    console.log(f"samples: {folder.samples}   metrics: {folder.root / 'metrics.jsonl'}   summary: {folder.root / SUMMARY}")
+

@@ -1,0 +1,45 @@
+"""The plan of a run before any compute: phases, batch split, parameters, FLOPs per image."""
+from __future__ import annotations
+
+import torch
+
+from prx_core.errors import RecipeError
+from prx_core.model.config import DenoiserConfig
+from prx_core.model.denoiser import PRXDenoiser
+from prx_core.plugins import TechniqueSet
+from prx_core.recipe.schema import Recipe
+from prx_core.types import Phase
+
+
+def plan_phases(recipe: Recipe, techniques: TechniqueSet) -> list[Phase]:
+    """The schedule technique's phases, or one phase from ``[train]`` and ``[data]``."""
+    found = techniques.call("prx_resolution_schedule", recipe=recipe)
+    if len(found) > 1:
+        raise RecipeError("more than one technique sets the resolution schedule: "
+                          + ", ".join(n for n, _ in found) + ". Keep one in `plugins`.")
+    phases = list(found[0][1]) if found else [
+        Phase("train", recipe.train.steps, recipe.data.resolution, recipe.train.batch_size)]
+    for phase in phases:
+        unknown = sorted(set(phase.disabled) - set(techniques.names))
+        if unknown:
+            raise RecipeError(f"phase '{phase.name}' disables {', '.join(unknown)}, which the recipe's `plugins` "
+                              f"does not select ({', '.join(techniques.names) or 'none'}). Fix the phase's "
+                              f"`disabled` list.")
+    return phases
+
+
+def accumulation_steps(recipe: Recipe, phase: Phase, world_size: int) -> int:
+    """Micro-steps per optimizer step so that micro-batch x processes x steps = global batch."""
+    micro = recipe.train.micro_batch_size or phase.batch_size // world_size
+    if micro < 1 or phase.batch_size % (micro * world_size):
+        raise RecipeError(
+            f"phase '{phase.name}': global batch {phase.batch_size} is not a multiple of [train] "
+            f"micro_batch_size ({micro}) x {world_size} processes. Pick a micro-batch that divides "
+            f"{phase.batch_size // world_size if phase.batch_size >= world_size else phase.batch_size}."
+        )
+    return phase.batch_size // (micro * world_size)
+
+
+def parameter_count(config: DenoiserConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in PRXDenoiser(config).parameters())

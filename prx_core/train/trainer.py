@@ -1,0 +1,219 @@
+"""The training step: model, optimizers, EMA, and one optimizer step over a global batch.
+
+Read top to bottom, a step is: for each micro-batch, encode captions (or take cached ones),
+draw per-sample noise, ask the phase's router for a route plan, run the denoiser, add the
+objective and the phase's auxiliary losses, backward. Then clip, check finiteness, step every
+optimizer, update the EMA. Techniques enter only through objects resolved once per phase.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from prx_core import distributed as D
+from prx_core.data.loader import Batch
+from prx_core.ema import EMA
+from prx_core.errors import RecipeError
+from prx_core.model.denoiser import PRXDenoiser
+from prx_core.objective import add_noise, sample_time, v_space_loss
+from prx_core.plugins import TechniqueSet
+from prx_core.recipe.schema import Recipe
+from prx_core.text import TextEncoder
+from prx_core.train.randomness import draw
+from prx_core.types import AuxiliaryLoss, Conditioning, Phase, Router, StepTensors
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast over fp32 master weights on GPU, plain fp32 on CPU (``precision = auto``)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def single(results: list, what: str):
+    """The one technique result of an exclusive hook (roles make two impossible)."""
+    if len(results) > 1:
+        names = ", ".join(name for name, _ in results)
+        raise RecipeError(f"more than one technique answered {what}: {names}. Keep one of them in `plugins`.")
+    return results[0][1] if results else None
+
+
+class Trainer:
+    """Owns the model and everything stepped with it; ``train_step`` does one optimizer step."""
+
+    def __init__(self, recipe: Recipe, techniques: TechniqueSet, text_encoder: TextEncoder, info: D.DistInfo):
+        self.recipe = recipe
+        self.techniques = techniques
+        self.text_encoder = text_encoder
+        self.info = info
+        self.device = info.device
+        self.model_config = recipe.model.resolve(text_encoder.dim)
+        torch.manual_seed(recipe.seed)  # identical initial weights on every rank and every resume
+        denoiser = PRXDenoiser(self.model_config)
+        denoiser.activation_checkpointing = recipe.model.activation_checkpointing
+        for _, modules in techniques.call("prx_configure_model", model=denoiser, recipe=recipe):
+            for name, module in modules.items():
+                if name in denoiser.extras:
+                    raise RecipeError(f"two techniques attach a module named '{name}' to the model.")
+                denoiser.extras[name] = module
+        self.denoiser = denoiser.to(self.device)
+        self.model = D.wrap_model(self.denoiser, info)
+        self.forward = torch.compile(self.model) if recipe.train.compile else self.model
+        self.optimizers = self._build_optimizers()
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        self.ema = EMA(list(self.denoiser.denoiser_parameters()), recipe.optim.ema_decay, recipe.optim.ema_every)
+        self.autocast = autocast_dtype(recipe.train.precision, self.device)
+        self.empty = text_encoder.encode([""])
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_row = 0
+        self.router: Router | None = None
+        self.capture: tuple[int, ...] = ()
+        self.aux_losses: list[AuxiliaryLoss] = []
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        claims = self.techniques.call("prx_optimizer_groups", model=self.denoiser, recipe=self.recipe)
+        flat = [(owner, claim) for owner, group in claims for claim in group]
+        self.techniques.check_claims(flat, self.denoiser)
+        claimed = {name for _, claim in flat for name, _ in claim.params}
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        for owner, claim in sorted(flat, key=lambda oc: (oc[0], oc[1].label)):
+            label = claim.label or owner
+            optimizers[label] = claim.build([p for _, p in claim.params])
+        rest = [p for name, p in self.denoiser.named_parameters() if name not in claimed and p.requires_grad]
+        o = self.recipe.optim
+        optimizers["adamw"] = torch.optim.AdamW(
+            rest, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        self.param_split = {label: sum(p.numel() for g in opt.param_groups for p in g["params"])
+                            for label, opt in optimizers.items()}
+        return optimizers
+
+    def start_phase(self, phase: Phase, index: int) -> None:
+        """Resolve the techniques' per-phase objects once; the steps of the phase reuse them."""
+        t = self.techniques
+        t.call("prx_phase_change", phase=phase, index=index, step=self.step)
+        self.router = single(t.call("prx_routing", phase=phase, model_config=self.model_config), "prx_routing")
+        blocks = {b for _, found in t.call("prx_capture_blocks", phase=phase, model_config=self.model_config)
+                  for b in found}
+        self.capture = tuple(sorted(blocks))
+        self.aux_losses = [loss for _, found in t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser)
+                           for loss in found]
+        self.phase = phase
+
+    # -- the step ---------------------------------------------------------------------------
+    def lr_factor(self, step: int) -> float:
+        warmup = self.recipe.optim.warmup_steps
+        return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+    def _conditioning(self, batch: Batch, drop: torch.Tensor) -> Conditioning:
+        cond = batch.text if batch.text is not None else self.text_encoder.encode(batch.captions)
+        tokens, mask = cond.tokens.to(self.device), cond.mask.to(self.device)
+        dropped = (drop < self.recipe.objective.caption_dropout)[:, None]
+        tokens = torch.where(dropped[..., None], self.empty.tokens.to(tokens), tokens)
+        mask = torch.where(dropped, self.empty.mask.to(mask), mask)
+        return Conditioning(tokens, mask)
+
+    def micro_step(self, batch: Batch, scale: float, timed: bool) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; returns its loss terms (detached)."""
+        x0 = batch.images.to(self.device, non_blocking=True)
+        b, _, height, width = x0.shape
+        draws = draw(self.recipe.seed, self.step, batch.ids, tuple(x0.shape[1:]), self.device)
+        t = sample_time(draws.normal, draws.uniform, draws.choice, self.recipe.objective)
+        x_t = add_noise(x0, draws.noise, t)
+        cond = self._conditioning(batch, draws.drop)
+        patch = self.model_config.patch
+        route = self.router.plan(b, (height // patch, width // patch), self.step, self.device) if self.router else ()
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            x0_hat, captured = self.forward(x_t, t, cond.tokens, cond.mask, route, self.capture)
+            terms = {"diffusion": v_space_loss(x0_hat, x0, x_t, t, self.recipe.objective.loss_t_floor)}
+            tensors = StepTensors(x0, x_t, t, x0_hat, captured, route, patch, self.step)
+            for aux in self.aux_losses:
+                start = time.perf_counter() if timed else 0.0
+                for name, value in aux(tensors).items():
+                    if name in terms:
+                        raise RecipeError(f"two losses are named '{name}'; rename one in its technique.")
+                    terms[name] = value.float()
+                if timed:
+                    self._sync()
+                    self.term_ms[aux.name] = self.term_ms.get(aux.name, 0.0) + 1e3 * (time.perf_counter() - start)
+        total = sum(terms.values())
+        (total * scale).backward()
+        return {name: value.detach() for name, value in terms.items()}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_step(self, batches: Iterator[Batch], accumulation: int, timed: bool = False) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``accumulation`` micro-batches. Returns device-side metrics."""
+        self.model.train()
+        self.term_ms: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        images = 0
+        for micro in range(accumulation):
+            D.set_gradient_sync(self.model, self.info, micro == accumulation - 1)
+            batch = next(batches)
+            images += batch.images.shape[0]
+            for name, value in self.micro_step(batch, 1.0 / accumulation, timed).items():
+                sums[name] = sums.get(name, 0.0) + value / accumulation
+        params = [p for p in self.denoiser.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.grad_clip)
+        loss = sum(sums.values())
+        # One host read per optimizer step: a non-finite loss or gradient skips the update.
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        factor = self.lr_factor(self.step)
+        if finite:
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+                opt.step()
+            self.nonfinite_in_row = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_in_row += 1
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.step += 1
+        if finite:
+            self.ema.update(self.step)
+        metrics = {"loss": loss, **{f"loss/{k}": v for k, v in sums.items()}, "grad_norm": grad_norm}
+        metrics["lr"] = torch.tensor(self.recipe.optim.lr * factor)
+        metrics["images"] = torch.tensor(float(images))
+        return metrics
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": {k: v for k, v in self.denoiser.state_dict().items()},
+            "ema": self.ema.state_dict(),
+            "optimizers": {label: opt.state_dict() for label, opt in self.optimizers.items()},
+            "step": self.step,
+            "nonfinite_total": self.nonfinite_total,
+            "techniques": {k: v for _, states in self.techniques.call("prx_state_dict") for k, v in states.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.denoiser.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        if set(state["optimizers"]) != set(self.optimizers):
+            raise RecipeError(
+                f"the checkpoint's optimizers {sorted(state['optimizers'])} differ from this recipe's "
+                f"{sorted(self.optimizers)}: resume with the recipe the run was started with."
+            )
+        for label, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][label])
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        self.techniques.call("prx_load_state_dict", states=state.get("techniques", {}))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
