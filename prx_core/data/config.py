@@ -1,14 +1,161 @@
-"""The ``[data]`` table: where training images and captions come from and how they are batched."""
+"""The ``[data]`` table: where training images and captions come from and how they are batched.
+
+A recipe lists its sources as an array of tables::
+
+    [data]
+    resolution = 512
+    workers = 8
+    sources = [
+        { kind = "parquet", path = "/data/flux-1.7m", weight = 1.7 },
+        { kind = "webdataset", path = "s3://bucket/reason-{000000..000599}.tar" },
+        { kind = "folder", path = "/data/mj-v6" },
+    ]
+"""
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
+
+SOURCE_KINDS = ("folder", "parquet", "webdataset", "scenes")
+
+
+@attrs.define(kw_only=True)
+class SourceConfig:
+    """One entry of ``[data] sources``.
+
+    - ``kind``: "folder" (images with ``.txt``/``.json`` caption sidecars of the same stem,
+      searched recursively), "parquet" (shards with an image column and a caption column),
+      "webdataset" (tar shards of ``key.jpg|png|webp`` + ``key.txt|json``) or "scenes" (the
+      embedded procedural generator: infinite, rendered directly at the bucket size).
+    - ``path``: a directory, a file, a glob (``shards/*.parquet``) or a brace range
+      (``train-{000000..000099}.tar``); local, or any fsspec URL (``s3://...``) when fsspec and
+      the filesystem's driver are installed. Not used by "scenes".
+    - ``name``: the prefix of this source's sample ids (``name:sample-id``) and the key of its
+      text cache; default: the last path component (``"scenes"`` for scenes).
+    - ``weight``: share of the mixture, relative to the other sources' weights. Default: the
+      source's size (natural proportions); required for every source when one is "scenes"
+      (infinite).
+    - ``image_column`` / ``caption_column`` / ``id_column`` (parquet): column names; the image
+      column holds raw bytes or a ``{bytes, path}`` struct (as Hugging Face datasets write it);
+      without ``id_column`` a sample's id is ``<file stem>/<row>``.
+    - ``caption_key``: the key holding the caption in ``.json`` sidecars (folder, webdataset).
+    - ``split``: which split of the scene generator to draw ("train", or "eval" for held-out
+      combinations).
+    """
+
+    kind: Literal["folder", "parquet", "webdataset", "scenes"]
+    path: str = ""
+    name: str = ""
+    weight: float | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+    id_column: str = ""
+    caption_key: str = "caption"
+    split: Literal["train", "eval"] = "train"
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [SourceConfig(kind="scenes")]
 
 
 @attrs.define(kw_only=True)
 class DataConfig:
-    """``resolution`` is the target side (the token count of a square image of that side);
-    ``source = "scenes"`` uses the embedded procedural scene generator."""
+    """The ``[data]`` table.
 
-    source: str = "scenes"
+    - ``resolution``: the target side in pixels. A batch holds ``(resolution / patch)²`` tokens
+      per image, whatever its bucket. The resolution schedule (``[multires]``) overrides it per
+      phase.
+    - ``sources``: list of :class:`SourceConfig` tables, mixed by weight.
+    - ``buckets``: aspect-ratio buckets of about constant token count, ratios 0.5-2, sides
+      multiples of the patch (13 at 512 px, 27 at 1024 px for patch 32); every batch holds one
+      bucket. ``false``: every image is centre-cropped to a ``resolution`` square.
+    - ``workers``: decoding processes per rank; 0 decodes on the calling thread (the quickstart).
+    - ``prefetch``: batches assembled ahead by a background thread when ``workers > 0``.
+    - ``min_side``: images whose shorter side is below this many pixels are skipped (counted as
+      ``bad/too_small``) and smaller images are upscaled. Default (unset): upscale an image when
+      it covers at least half of its bucket's width and height, skip it otherwise.
+    - ``max_bad_share`` / ``bad_window``: the run stops with a ``DataError`` naming the source and
+      the sample ids when more than this share of the last ``bad_window`` samples were unusable
+      (unreadable, truncated, empty, without caption, too small, unsupported pixel mode).
+    - ``shuffle_row_groups``: Parquet row groups whose rows are shuffled together. Rows are read
+      a whole row group at a time, so each worker keeps this many row groups in memory.
+    - ``text_cache``: take text-encoder outputs from a cache built by ``prx data cache`` instead
+      of running the encoder in the training step (not available for "scenes").
+    - ``text_cache_dir``: where caches live, one sub-folder per source name; default: a
+      ``.prx-text-cache`` folder next to each source's data.
+    """
+
     resolution: int = 512
+    sources: list[SourceConfig] = attrs.Factory(_default_sources)
+    buckets: bool = True
     workers: int = 0
+    prefetch: int = 2
+    min_side: int | None = None
+    max_bad_share: float = 0.1
+    bad_window: int = 1000
+    shuffle_row_groups: int = 4
+    text_cache: bool = False
+    text_cache_dir: str = ""
+
+    def problems(self) -> list[str]:
+        """Values that cannot work, each naming the key and what to change (empty if none)."""
+        found = []
+        if self.resolution <= 0:
+            found.append(f"[data] resolution must be positive, got {self.resolution}.")
+        if not self.sources:
+            found.append('[data] sources is empty: list at least one source, e.g. sources = [{ kind = "scenes" }].')
+        if self.workers < 0:
+            found.append(f"[data] workers must be >= 0 (0 decodes in the training process), got {self.workers}.")
+        if self.prefetch < 1:
+            found.append(f"[data] prefetch must be >= 1, got {self.prefetch}.")
+        if self.min_side is not None and self.min_side < 0:
+            found.append(f"[data] min_side must be >= 0 or left unset, got {self.min_side}.")
+        if not 0.0 <= self.max_bad_share < 1.0:
+            found.append(f"[data] max_bad_share must be in [0, 1), got {self.max_bad_share}.")
+        if self.bad_window < 1:
+            found.append(f"[data] bad_window must be >= 1, got {self.bad_window}.")
+        if self.shuffle_row_groups < 1:
+            found.append(f"[data] shuffle_row_groups must be >= 1, got {self.shuffle_row_groups}.")
+        names = []
+        for i, source in enumerate(self.sources):
+            where = f"[data] sources[{i}]"
+            if source.kind not in SOURCE_KINDS:
+                found.append(f"{where}: kind must be one of {SOURCE_KINDS}, got {source.kind!r}.")
+            if source.kind != "scenes" and not source.path:
+                found.append(f"{where}: kind = {source.kind!r} needs a path (directory, file, glob or URL).")
+            if source.weight is not None and not source.weight > 0:
+                found.append(f"{where}: weight must be > 0, got {source.weight}.")
+            names.append(source_name(source))
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            found.append(f"[data] sources: names {duplicates} are used twice; give each source a distinct name = ....")
+        weighted = [s.weight is not None for s in self.sources]
+        if any(weighted) and not all(weighted):
+            found.append("[data] sources: give every source a weight, or none (natural proportions = sizes).")
+        if any(s.kind == "scenes" for s in self.sources) and len(self.sources) > 1 and not all(weighted):
+            found.append(
+                "[data] sources: a scenes source is infinite, so a mixture with it has no natural "
+                "proportions: give every source a weight."
+            )
+        if self.text_cache and any(s.kind == "scenes" for s in self.sources):
+            found.append(
+                "[data] text_cache = true cannot serve a scenes source (its captions are generated on "
+                "the fly): set text_cache = false, or use only folder/parquet/webdataset sources."
+            )
+        return found
+
+
+def source_name(source: SourceConfig) -> str:
+    """The source's id prefix: ``name`` if set, else the last path component (without pattern)."""
+    if source.name:
+        return source.name
+    if source.kind == "scenes":
+        return "scenes" if source.split == "train" else f"scenes-{source.split}"
+    tail = source.path.rstrip("/").rsplit("/", 1)[-1]
+    for mark in ("*", "?", "[", "{"):
+        if mark in tail:
+            tail = source.path.rstrip("/").rsplit("/", 2)[-2] if source.path.count("/") else source.kind
+            break
+    stem = tail.split(".", 1)[0]
+    return stem or source.kind

@@ -1,0 +1,184 @@
+"""``prx data inspect|cache``: look at training data before training on it; precompute the text
+encoder's outputs so that training does not run the encoder."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prx_core.data.config import DataConfig
+from prx_core.data.inspection import Inspection, contact_sheet, data_for_path, inspect_data, length_stats
+from prx_core.errors import DataError
+
+SET_HELP = "override a recipe value (repeatable), e.g. --set data.resolution=256"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="inspect training data, build its text-embedding cache",
+        description="Work with training data: the sources of a recipe's [data] table, or one path.",
+    )
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    inspect = actions.add_parser(
+        "inspect",
+        help="counts, aspect-ratio buckets, caption lengths, bad samples and a contact sheet",
+        description="Read a random sample of a source (a folder of images with .txt/.json captions, Parquet "
+        "shards, WebDataset tars, or 'scenes') through the training loader's reader and report what training "
+        "would see. Give a path, or --recipe to inspect a recipe's [data] sources.",
+    )
+    inspect.add_argument("source", nargs="?", metavar="SOURCE", help="path, glob, brace range, URL or 'scenes'")
+    inspect.add_argument("--kind", choices=("folder", "parquet", "webdataset", "scenes"), help="default: guessed")
+    inspect.add_argument("--recipe", metavar="RECIPE", help="inspect this recipe's [data] sources instead")
+    inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    inspect.add_argument("--resolution", type=int, help="target side (default: the recipe's, else 512)")
+    inspect.add_argument("--patch", type=int, help="patch size (default: the recipe model's, else 32)")
+    inspect.add_argument("--no-buckets", action="store_true", help="square centre crops instead of buckets")
+    inspect.add_argument("--image-column", default="image", help="Parquet image column (default: image)")
+    inspect.add_argument("--caption-column", default="caption", help="Parquet caption column (default: caption)")
+    inspect.add_argument("--samples", type=int, default=200, help="samples read per source (default: 200)")
+    inspect.add_argument("--examples", type=int, default=16, help="samples on the contact sheet (default: 16)")
+    inspect.add_argument("--seed", type=int, default=0, help="which random samples (default: 0)")
+    inspect.add_argument("--out", default="prx-data-inspect.png", help="contact sheet PNG (default: %(default)s)")
+    inspect.set_defaults(func=_inspect)
+
+    cache = actions.add_parser(
+        "cache",
+        help="precompute the text encoder's outputs for every caption of a recipe's sources",
+        description="Encode every distinct caption of the recipe's [data] sources with its [text] encoder and "
+        "store the outputs next to the data (or in [data] text_cache_dir). Runs with text_cache = true then "
+        "read them instead of running the encoder; a cache built by another encoder or max length is refused.",
+    )
+    cache.add_argument("--recipe", required=True, metavar="RECIPE", help="recipe whose [data] and [text] to use")
+    cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    cache.add_argument("--batch-size", type=int, default=64, help="captions per encoder call (default: 64)")
+    cache.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    cache.add_argument("--force", action="store_true", help="replace an existing cache built differently")
+    cache.set_defaults(func=_cache)
+
+
+def _recipe_data(args: argparse.Namespace) -> tuple[DataConfig, int]:
+    from prx_core.model.config import PRESETS
+    from prx_core.recipe.loader import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    patch = recipe.model.patch if recipe.model.patch is not None else PRESETS[recipe.model.preset]["patch"]
+    return recipe.data, patch
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    if args.recipe:
+        data, patch = _recipe_data(args)
+    elif args.source:
+        columns = {"image_column": args.image_column, "caption_column": args.caption_column}
+        data, patch = data_for_path(args.source, args.kind, **columns), 32
+    else:
+        raise DataError("prx data inspect needs a SOURCE path (or 'scenes'), or --recipe RECIPE.")
+    if args.resolution:
+        data.resolution = args.resolution
+    if args.patch:
+        patch = args.patch
+    if args.no_buckets:
+        data.buckets = False
+    report = inspect_data(
+        data, resolution=data.resolution, patch=patch, samples=args.samples, examples=args.examples, seed=args.seed
+    )
+    sheet = contact_sheet(report.examples) if report.examples else None
+    if sheet is not None:
+        sheet.save(args.out)
+    if sys.stdout.isatty():
+        _print_rich(report, data.resolution, patch)
+    else:
+        _print_plain(report, data.resolution, patch)
+    print(f"contact sheet: {args.out}" if sheet is not None else "contact sheet: none (no usable sample)")
+    return 0
+
+
+def _rows(report: Inspection) -> dict[str, list[list[str]]]:
+    """Every table of the report as rows of strings (shared by the rich and plain output)."""
+    sources = [
+        [s.name, s.kind, "infinite" if s.size is None else f"{s.size:,}", f"{s.weight:.3f}", s.description]
+        for s in report.sources
+    ]
+    peak = max(report.bucket_counts) or 1
+    buckets = [
+        [f"{w}x{h}", f"{w / h:.2f}", str(n), "#" * round(30 * n / peak)]
+        for (w, h), n in zip(report.buckets, report.bucket_counts)
+    ]
+    captions = []
+    for label, values in (("words", report.caption_words), ("characters", report.caption_chars)):
+        stats = length_stats(values)
+        captions.append([label] + [f"{stats[k]:.1f}" if isinstance(stats[k], float) else str(stats[k]) for k in stats])
+    bad = [[reason, str(n)] for reason, n in sorted(report.bad.items(), key=lambda kv: -kv[1])]
+    examples = [[sample_id, reason, detail[:100]] for sample_id, reason, detail in report.bad_examples[:10]]
+    return {"sources": sources, "buckets": buckets, "captions": captions, "bad": bad, "bad examples": examples}
+
+
+HEADERS = {
+    "sources": ["source", "kind", "samples", "weight", "description"],
+    "buckets": ["bucket (WxH px)", "ratio", "count", ""],
+    "captions": ["caption length", "min", "mean", "median", "p95", "max"],
+    "bad": ["bad reason", "count"],
+    "bad examples": ["sample", "reason", "detail"],
+}
+
+
+def _title(report: Inspection, resolution: int, patch: int) -> str:
+    good = sum(report.bucket_counts)
+    return f"{report.sampled} samples read at {resolution}px (patch {patch}): {good} usable, {report.sampled - good} bad"
+
+
+def _print_rich(report: Inspection, resolution: int, patch: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{_title(report, resolution, patch)}")
+    for name, rows in _rows(report).items():
+        if not rows:
+            continue
+        table = Table(title=name, title_justify="left")
+        for header in HEADERS[name]:
+            table.add_column(header)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def _print_plain(report: Inspection, resolution: int, patch: int) -> None:
+    print(_title(report, resolution, patch))
+    for name, rows in _rows(report).items():
+        if not rows:
+            continue
+        print(f"\n{name}:")
+        table = [HEADERS[name]] + rows
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import torch
+
+    from prx_core.data.loader import open_sources, text_cache_dirs
+    from prx_core.data.text_cache import build_text_cache
+    from prx_core.recipe.loader import load_recipe
+    from prx_core.text import load_text_encoder
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if any(s.kind == "scenes" for s in recipe.data.sources):
+        raise DataError(
+            f"{args.recipe}: [data] sources include 'scenes', whose captions are generated on the fly and "
+            "cannot be cached; the text cache is for folder, parquet and webdataset sources."
+        )
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    sources = open_sources(recipe.data, recipe.seed)
+    directories = text_cache_dirs(recipe.data, sources)
+    encoder = load_text_encoder(recipe.text, device)
+    for source, directory in zip(sources, directories):
+        print(f"{source.name}: {source.describe()} -> {directory}")
+        manifest = build_text_cache(
+            source.iter_captions(), directory, encoder, batch_size=args.batch_size, force=args.force
+        )
+        print(f"{source.name}: {manifest['captions']} distinct captions cached")
+    return 0

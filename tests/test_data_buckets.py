@@ -1,0 +1,97 @@
+"""Aspect-ratio buckets and fitting an image into its bucket."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from prx_core.data.buckets import aspect_buckets, nearest_bucket, square_bucket
+from prx_core.data.decode import decode_to_bucket
+from prx_core.data.writers import encode_image
+from prx_core.errors import RecipeError
+
+
+@pytest.mark.parametrize(("resolution", "count"), [(512, 13), (1024, 27)])
+def test_prx_bucket_counts(resolution, count):
+    buckets = aspect_buckets(resolution, 32)
+    assert len(buckets) == count
+    assert (resolution, resolution) in buckets
+
+
+@pytest.mark.parametrize("resolution", [256, 512, 1024, 2048])
+def test_buckets_follow_the_rule(resolution):
+    patch = 32
+    buckets = aspect_buckets(resolution, patch)
+    area = (resolution // patch) ** 2
+    assert len(set(buckets)) == len(buckets)
+    for w, h in buckets:
+        assert w % patch == 0 and h % patch == 0
+        assert 0.5 <= w / h <= 2.0
+        assert (h, w) in buckets  # closed under transpose
+        # Each side is the nearest patch multiple to keeping the area, so tokens stay close to n².
+        assert abs(w * h / patch**2 - area) <= max(w, h) / patch / 2 + 1e-9
+    ratios = [w / h for w, h in buckets]
+    assert ratios == sorted(ratios)
+
+
+def test_buckets_match_explicit_enumeration_at_512():
+    expected = {(12, 21), (12, 22), (13, 19), (13, 20), (14, 18), (15, 17), (16, 16)}
+    expected |= {(h, w) for w, h in expected}
+    assert set(aspect_buckets(512, 32)) == {(32 * w, 32 * h) for w, h in expected}
+
+
+def test_resolution_must_be_a_patch_multiple():
+    with pytest.raises(RecipeError, match="multiple of the model's patch size 32"):
+        aspect_buckets(500, 32)
+    assert square_bucket(512, 32) == ((512, 512),)
+
+
+def test_nearest_bucket_by_log_ratio():
+    buckets = aspect_buckets(512, 32)
+    assert buckets[nearest_bucket(buckets, 1000, 1000)] == (512, 512)
+    assert buckets[nearest_bucket(buckets, 4000, 1000)] == max(buckets, key=lambda b: b[0] / b[1])
+    assert buckets[nearest_bucket(buckets, 1000, 4000)] == min(buckets, key=lambda b: b[0] / b[1])
+    w, h = buckets[nearest_bucket(buckets, 1600, 900)]
+    best = min(abs(math.log(bw / bh) - math.log(16 / 9)) for bw, bh in buckets)
+    assert abs(math.log(w / h) - math.log(16 / 9)) == best
+
+
+def test_fit_resizes_and_centre_crops_into_the_bucket():
+    # A 200x100 image with a red left quarter, a blue right quarter: a square crop keeps neither.
+    pixels = np.full((100, 200, 3), 128, dtype=np.uint8)
+    pixels[:, :50] = (255, 0, 0)
+    pixels[:, 150:] = (0, 0, 255)
+    bucket, out = decode_to_bucket(encode_image(pixels, "PNG"), ((64, 64),), None)
+    assert bucket == 0 and out.shape == (3, 64, 64) and out.dtype == np.uint8
+    deviation = np.abs(out.astype(int) - 128)
+    assert deviation[:, :, 2:-2].max() <= 2  # the filter's support reaches just past the crop box
+    assert deviation.max() <= 8
+
+
+def test_large_jpeg_is_decoded_reduced(monkeypatch):
+    requested = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = original(self, mode, size)
+        requested.append((size, self.size))
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    data = encode_image(np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8), "JPEG")
+    _, out = decode_to_bucket(data, aspect_buckets(256, 32), None)
+    assert out.shape == (3, 256, 256)
+    assert requested == [((256, 256), (256, 256))]  # decoded at 1/4 scale, never at 1024 px
+
+
+def test_exif_rotation_is_applied_before_bucketing():
+    pixels = np.zeros((64, 128, 3), dtype=np.uint8)  # stored wide ...
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # ... shown rotated by 90 degrees: tall
+    data = encode_image(image, "JPEG", exif=exif.tobytes())
+    buckets = ((128, 64), (64, 128))
+    bucket, out = decode_to_bucket(data, buckets, None)
+    assert buckets[bucket] == (64, 128) and out.shape == (3, 128, 64)

@@ -1,0 +1,86 @@
+"""Phases of a resolution schedule: step -> phase, and the multires technique."""
+from __future__ import annotations
+
+import pytest
+
+from prx_core.data.schedule import phase_at, phase_starts, total_steps
+from prx_core.types import Phase
+from prx_multires.plugin import MultiresConfig, PhaseConfig, prx_register_techniques, schedule_phases, schedule_problems
+
+PRX = [
+    Phase(name="512px", steps=100_000, resolution=512, batch_size=1024),
+    Phase(name="1024px", steps=20_000, resolution=1024, batch_size=512, disabled=("repa",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [(0, (0, 0)), (99_999, (0, 99_999)), (100_000, (1, 0)), (119_999, (1, 19_999)), (120_000, (1, 20_000))],
+)
+def test_phase_at(step, expected):
+    assert phase_at(PRX, step) == expected
+
+
+def test_phase_bookkeeping():
+    assert phase_starts(PRX) == [0, 100_000]
+    assert total_steps(PRX) == 120_000
+    single = [Phase(name="train", steps=10, resolution=64, batch_size=32)]
+    assert [phase_at(single, s) for s in (0, 9)] == [(0, 0), (0, 9)]
+    with pytest.raises(ValueError):
+        phase_at(PRX, -1)
+    with pytest.raises(ValueError):
+        phase_at([], 0)
+
+
+def test_zero_step_phase_is_skipped():
+    phases = [Phase("a", 0, 64, 8), Phase("b", 5, 64, 8)]
+    assert phase_at(phases, 0) == (1, 0)
+
+
+def _config():
+    return MultiresConfig(
+        phases=[
+            PhaseConfig(name="512px", resolution=512, batch_size=1024, steps=100_000),
+            PhaseConfig(name="1024px", resolution=1024, batch_size=512, steps=20_000, disabled=["repa"]),
+        ]
+    )
+
+
+def test_config_becomes_phases():
+    assert schedule_phases(_config()) == PRX
+
+
+def test_schedule_problems_name_the_key():
+    assert schedule_problems(_config(), 32, ("multires", "repa")) == []
+    problems = schedule_problems(_config(), 32, ("multires",))
+    assert len(problems) == 1 and "phases[1]" in problems[0] and "'repa'" in problems[0]
+    bad = MultiresConfig(phases=[PhaseConfig(name="x", resolution=500, batch_size=0, steps=0)])
+    text = " ".join(schedule_problems(bad, 32, ("multires",)))
+    assert "steps must be >= 1" in text and "batch_size must be >= 1" in text and "multiple of the patch" in text
+    assert schedule_problems(MultiresConfig(), 32, ("multires",))[0].startswith("[multires] phases is empty")
+
+
+def test_technique_declaration_and_hook():
+    (technique,) = prx_register_techniques()
+    assert technique.name == "multires"
+    assert technique.roles == ("schedule",) and technique.effects == ("changes_schedule",)
+    instance = technique.plugin(_config(), None)
+    assert instance.prx_resolution_schedule(recipe=None) == PRX
+
+
+def test_recipe_table_structures_into_the_schedule(tmp_path):
+    from prx_core import plugins
+    from prx_core.recipe.loader import load_recipe
+    from prx_core.types import RunContext
+
+    path = tmp_path / "r.toml"
+    path.write_text(
+        'plugins = ["multires"]\n[model]\npreset = "prx-test"\n[multires]\nphases = [\n'
+        '  { name = "a", resolution = 32, batch_size = 8, steps = 3 },\n'
+        '  { name = "b", resolution = 64, batch_size = 4, steps = 2 },\n]\n'
+    )
+    recipe = load_recipe(path)
+    techniques = plugins.TechniqueSet(recipe, plugins.discover(), RunContext(recipe=recipe))
+    ((name, phases),) = techniques.call("prx_resolution_schedule", recipe=recipe)
+    assert name == "multires"
+    assert [(p.name, p.resolution, p.batch_size, p.steps) for p in phases] == [("a", 32, 8, 3), ("b", 64, 4, 2)]
