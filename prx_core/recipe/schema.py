@@ -81,8 +81,8 @@ class OptimConfig:
 
 @attrs.define(kw_only=True)
 class TrainConfig:
-    """``batch_size`` is the global batch; ``micro_batch_size`` the per-device batch (default:
-    global / processes), gradient accumulation makes up the rest. ``max_wall_s`` stops training
+    """``batch_size`` is the global batch; ``micro_batch_size`` the largest per-device batch
+    (default: global / processes), gradient accumulation makes up the rest. ``max_wall_s`` stops training
     (with checkpoint, samples and evaluation) once that many seconds have passed, for
     equal-wall-clock ablations. ``precision``: "auto" is bf16 autocast on GPU, fp32 on CPU."""
 

@@ -15,7 +15,7 @@ from prx_core.types import RunContext
 def print_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, gpu: str = "h200",
                price: float = 2.0) -> None:
     """Validate ``recipe`` as a run would (techniques, phases, batch split) and print the plan."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=None if Console().is_terminal else 140)
     techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, log=console.print))
     if recipe.text.dim is None:
         raise RecipeError("--dry-run does not load the text encoder, so it needs its width: set [text] dim "

@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 
 from prx_core import distributed as D
-from prx_core.checkpoint import CheckpointManager, load_state
+from prx_core.checkpoint import CheckpointManager
 from prx_core.console import RunConsole
 from prx_core.data.loader import build_loader
 from prx_core.data.schedule import phase_at
+from prx_core.effects import TracedGuidance
 from prx_core.errors import UserError
 from prx_core.evaluation.prompt_following import evaluate
 from prx_core.generate import generate, save_grid
@@ -23,6 +24,7 @@ from prx_core.recipe.schema import Recipe
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.text import check_declared_dim, load_text_encoder
 from prx_core.train.plan import accumulation_steps, plan_phases
+from prx_core.train.state import load_checkpoint, save_checkpoint
 from prx_core.train.trainer import Trainer, single
 from prx_core.types import RunContext
 
@@ -85,8 +87,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     checkpoints = CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints)
     loader_state = None
     if resume and checkpoints.latest() is not None:
-        state = load_state(checkpoints.latest(), map_location=info.device)
-        trainer.load_state_dict(state)
+        state = load_checkpoint(trainer, checkpoints.latest(), info)
         loader_state = state.get("loader")
         console.log(f"resumed from {checkpoints.latest()} at step {trainer.step}")
         if info.is_main:
@@ -107,12 +108,9 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
 
     def save(loader) -> None:
         saved_at[0] = trainer.step
-        state = trainer.state_dict()
-        state["loader"] = {"phase": last_phase, "ranks": D.gather_objects(loader.state_dict(), info)}
-        if info.is_main:
-            path = checkpoints.save(trainer.step, state)
-            console.log(f"checkpoint: {path}")
-        D.barrier(info)
+        positions = {"phase": last_phase, "ranks": D.gather_objects(loader.state_dict(), info)}
+        path = save_checkpoint(trainer, checkpoints, info, {"loader": positions})
+        console.log(f"checkpoint: {path}")
 
     started = time.monotonic()
     window_start, window_steps = time.monotonic(), 0
@@ -123,14 +121,19 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                 index, _ = phase_at(phases, trainer.step)
                 phase = phases[index]
                 if index != last_phase:
+                    # The sample stream continues across phases (the state is resolution-free), so
+                    # phase 2 does not replay phase 1's first samples.
+                    carried = loader.state_dict() if loader is not None else None
                     if loader is not None:
                         loader.close()
                     per_device = phase.batch_size // (info.world_size * micro[phase.name])
                     loader = build_loader(recipe.data, resolution=phase.resolution, batch_size=per_device,
                                           patch=trainer.model_config.patch, seed=recipe.seed, rank=info.rank,
                                           world_size=info.world_size, text_fingerprint=text_encoder.fingerprint)
-                    if loader_state is not None and loader_state["phase"] == index:
+                    if loader_state is not None:
                         restore_loader(loader, loader_state["ranks"], info, console)
+                    elif carried is not None:
+                        loader.load_state_dict(carried)
                     loader_state = None
                     batches = iter(loader)
                     trainer.start_phase(phase, index)
@@ -201,17 +204,20 @@ def read_metrics(metrics: dict[str, torch.Tensor], trainer: Trainer, info: D.Dis
 
 
 def resolve_guidance(trainer: Trainer, recipe: Recipe):
-    return single(trainer.techniques.call("prx_guidance", sample_config=recipe.sample,
-                                          model_config=trainer.model_config, router=trainer.router),
-                  "prx_guidance")
+    found = trainer.techniques.call("prx_guidance", sample_config=recipe.sample, model_config=trainer.model_config,
+                                    router=trainer.router)
+    guidance = single(found, "prx_guidance")
+    if guidance is None or not trainer.trace_steps:
+        return guidance
+    return TracedGuidance(guidance, found[0][0], trainer.techniques.trace, trainer.step)
 
 
 def write_samples(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo) -> None:
+    model = sampling_model(trainer)  # on every rank: under FSDP2 this gathers the EMA shards
     if not info.is_main:
         return
     scenes = eval_scenes(recipe.sample.num_prompts, recipe.sample.seed)
     captions = [s.caption() for s in scenes]
-    model = sampling_model(trainer)
     images = generate(model, trainer.text_encoder, captions, (trainer.phase.resolution,) * 2, recipe.sample,
                       steps=recipe.sample.preview_steps, guidance=resolve_guidance(trainer, recipe),
                       seed=recipe.sample.seed, autocast=trainer.autocast)
@@ -240,10 +246,10 @@ def restore_loader(loader, states: list[dict], info: D.DistInfo, console: RunCon
 def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, console: RunConsole,
            started: float, phases) -> None:
     """Final sample grid, prompt-following evaluation and summary (rank 0)."""
+    write_samples(trainer, folder, recipe, info)
+    model = sampling_model(trainer)  # on every rank: under FSDP2 this gathers the EMA shards
     if not info.is_main:
         return
-    write_samples(trainer, folder, recipe, info)
-    model = sampling_model(trainer)
     evaluation = {"step": trainer.step, **evaluate(model, trainer.text_encoder, recipe.eval, recipe.sample,
                                                    trainer.phase.resolution, resolve_guidance(trainer, recipe),
                                                    trainer.autocast)}

@@ -29,8 +29,12 @@ def plan_phases(recipe: Recipe, techniques: TechniqueSet) -> list[Phase]:
 
 
 def accumulation_steps(recipe: Recipe, phase: Phase, world_size: int) -> int:
-    """Micro-steps per optimizer step so that micro-batch x processes x steps = global batch."""
-    micro = recipe.train.micro_batch_size or phase.batch_size // world_size
+    """Micro-steps per optimizer step so that micro-batch x processes x steps = global batch.
+
+    ``[train] micro_batch_size`` is the largest per-device batch; a phase whose global batch
+    gives each process less (1024 px in the speedrun) uses that smaller batch."""
+    per_process = phase.batch_size // world_size
+    micro = min(recipe.train.micro_batch_size or per_process, per_process)
     if micro < 1 or phase.batch_size % (micro * world_size):
         raise RecipeError(
             f"phase '{phase.name}': global batch {phase.batch_size} is not a multiple of [train] "

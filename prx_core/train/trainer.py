@@ -7,11 +7,20 @@ optimizer, update the EMA. Techniques enter only through objects resolved once p
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
 from prx_core import distributed as D
 from prx_core.data.loader import Batch
@@ -19,7 +28,7 @@ from prx_core.ema import EMA
 from prx_core.errors import RecipeError
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, sample_time, v_space_loss
-from prx_core.plugins import TechniqueSet
+from prx_core.plugins import ENV_TRACE, TechniqueSet
 from prx_core.recipe.schema import Recipe
 from prx_core.text import TextEncoder
 from prx_core.train.randomness import draw
@@ -61,6 +70,9 @@ class Trainer:
                 denoiser.extras[name] = module
         self.denoiser = denoiser.to(self.device)
         self.model = D.wrap_model(self.denoiser, info)
+        if recipe.train.compile:
+            # Every aspect-ratio bucket is a new shape: allow one graph per bucket and phase.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self.forward = torch.compile(self.model) if recipe.train.compile else self.model
         self.optimizers = self._build_optimizers()
         for opt in self.optimizers.values():
@@ -75,6 +87,11 @@ class Trainer:
         self.router: Router | None = None
         self.capture: tuple[int, ...] = ()
         self.aux_losses: list[AuxiliaryLoss] = []
+        self.router_owner = ""
+        self.aux_owners: list[str] = []
+        # Per-step uses of the per-phase objects go into the hook trace only when asked for
+        # (PRX_TRACE=1, or a test setting this): over a long run the list would grow every step.
+        self.trace_steps = os.environ.get(ENV_TRACE) == "1"
 
     # -- set-up -----------------------------------------------------------------------------
     def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -99,13 +116,17 @@ class Trainer:
     def start_phase(self, phase: Phase, index: int) -> None:
         """Resolve the techniques' per-phase objects once; the steps of the phase reuse them."""
         t = self.techniques
+        t.trace.record("phase", phase.name, "core", self.step)
         t.call("prx_phase_change", phase=phase, index=index, step=self.step)
-        self.router = single(t.call("prx_routing", phase=phase, model_config=self.model_config), "prx_routing")
+        routers = t.call("prx_routing", phase=phase, model_config=self.model_config)
+        self.router = single(routers, "prx_routing")
+        self.router_owner = routers[0][0] if routers else ""
         blocks = {b for _, found in t.call("prx_capture_blocks", phase=phase, model_config=self.model_config)
                   for b in found}
         self.capture = tuple(sorted(blocks))
-        self.aux_losses = [loss for _, found in t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser)
-                           for loss in found]
+        losses = t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser)
+        self.aux_losses = [loss for _, found in losses for loss in found]
+        self.aux_owners = [name for name, found in losses for _ in found]
         self.phase = phase
 
     # -- the step ---------------------------------------------------------------------------
@@ -131,16 +152,21 @@ class Trainer:
         cond = self._conditioning(batch, draws.drop)
         patch = self.model_config.patch
         route = self.router.plan(b, (height // patch, width // patch), self.step, self.device) if self.router else ()
+        trace = self.techniques.trace if self.trace_steps else None
+        if trace is not None and self.router:
+            trace.record("use", "router.plan", self.router_owner, self.step)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             x0_hat, captured = self.forward(x_t, t, cond.tokens, cond.mask, route, self.capture)
             terms = {"diffusion": v_space_loss(x0_hat, x0, x_t, t, self.recipe.objective.loss_t_floor)}
             tensors = StepTensors(x0, x_t, t, x0_hat, captured, route, patch, self.step)
-            for aux in self.aux_losses:
+            for i, aux in enumerate(self.aux_losses):
                 start = time.perf_counter() if timed else 0.0
                 for name, value in aux(tensors).items():
                     if name in terms:
                         raise RecipeError(f"two losses are named '{name}'; rename one in its technique.")
                     terms[name] = value.float()
+                    if trace is not None:
+                        trace.record("use", f"loss_term:{name}", self.aux_owners[i], self.step)
                 if timed:
                     self._sync()
                     self.term_ms[aux.name] = self.term_ms.get(aux.name, 0.0) + 1e3 * (time.perf_counter() - start)
@@ -165,7 +191,7 @@ class Trainer:
             for name, value in self.micro_step(batch, 1.0 / accumulation, timed).items():
                 sums[name] = sums.get(name, 0.0) + value / accumulation
         params = [p for p in self.denoiser.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.grad_clip)
+        grad_norm = D.clip_grad_norm(params, self.recipe.optim.grad_clip)
         loss = sum(sums.values())
         # One host read per optimizer step: a non-finite loss or gradient skips the update.
         finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
@@ -191,25 +217,37 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Model, EMA and optimizer states keyed by parameter name, in this run's layout (DTensor
+        shards under FSDP2, full tensors otherwise), plus counters and the techniques' states.
+        prx_core.train.state writes them (one file, or torch.distributed.checkpoint shards)."""
         return {
-            "model": {k: v for k, v in self.denoiser.state_dict().items()},
+            "model": get_model_state_dict(self.denoiser),
             "ema": self.ema.state_dict(),
-            "optimizers": {label: opt.state_dict() for label, opt in self.optimizers.items()},
+            # Keyed by parameter name, not position, so that a checkpoint loads into any layout.
+            "optimizers": {label: get_optimizer_state_dict(self.denoiser, opt)
+                           for label, opt in self.optimizers.items()},
             "step": self.step,
             "nonfinite_total": self.nonfinite_total,
             "techniques": {k: v for _, states in self.techniques.call("prx_state_dict") for k, v in states.items()},
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.denoiser.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        if set(state["optimizers"]) != set(self.optimizers):
+    def check_optimizer_labels(self, labels) -> None:
+        if set(labels) != set(self.optimizers):
             raise RecipeError(
-                f"the checkpoint's optimizers {sorted(state['optimizers'])} differ from this recipe's "
+                f"the checkpoint's optimizers {sorted(labels)} differ from this recipe's "
                 f"{sorted(self.optimizers)}: resume with the recipe the run was started with."
             )
+
+    def load_state_dict(self, state: dict) -> None:
+        """``state`` as :meth:`state_dict` returns it, with tensors in this run's layout or full
+        (a one-process or DDP checkpoint resumed under FSDP2: each rank keeps its shard)."""
+        self.check_optimizer_labels(state["optimizers"])
+        full = self.info.strategy == "fsdp" and not any(isinstance(v, DTensor) for v in state["model"].values())
+        options = StateDictOptions(full_state_dict=full)
+        set_model_state_dict(self.denoiser, state["model"], options=options)
+        self.ema.load_state_dict(state["ema"])
         for label, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][label])
+            set_optimizer_state_dict(self.denoiser, opt, state["optimizers"][label], options=options)
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
         self.techniques.call("prx_load_state_dict", states=state.get("techniques", {}))
