@@ -1,0 +1,24 @@
+"""The ``[repa]`` recipe table."""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class RepaConfig:
+    """REPA's settings; the defaults are RECIPE.md §5.
+
+    ``teacher``: the frozen feature network (syntax in :mod:`prx_core.teachers`); the quickstart
+    uses ``"efficientnet-lite0"``. ``block``: the denoiser block whose output is aligned (7 is the
+    8th block). ``projector_dim``: width of the 3-layer SiLU MLP projector. ``weight``: the loss
+    weight. ``input_scale``: the teacher sees the clean image resized by this factor; unset, it
+    is resized so that the teacher's grid equals the denoiser's token grid (teacher patch /
+    denoiser patch, 16/32 at 512 px); when the grids still differ the teacher's features are
+    bilinearly resampled to the token grid.
+    """
+
+    teacher: str = "hf:facebook/dinov3-vitl16-pretrain-lvd1689m"
+    block: int = 7
+    projector_dim: int = 1024
+    weight: float = 0.5
+    input_scale: float | None = None
