@@ -39,7 +39,6 @@ def generate(
     seed: int = 0,
     batch_size: int = 32,
     autocast: torch.dtype | None = None,
-    floor: float = 0.05,
 ) -> list[np.ndarray]:
     """Sample one image per caption; returns HxWx3 uint8 arrays. Deterministic for a seed."""
     model.eval()
@@ -56,7 +55,7 @@ def generate(
         cond = Conditioning(cond.tokens.to(device), cond.mask.to(device))
         uncond = Conditioning(empty.tokens.to(device).expand(len(chunk), -1, -1), empty.mask.to(device).expand(len(chunk), -1))
         x = sample(predict, noise, cond, uncond, steps=steps or config.steps, shift=config.shift,
-                   method=config.sampler, guidance=guidance, floor=floor)
+                   method=config.sampler, guidance=guidance)
         pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         images.extend(pixels)
     return images

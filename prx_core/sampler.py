@@ -38,9 +38,12 @@ def sample(
     shift: float,
     method: Literal["euler", "heun"] = "euler",
     guidance: Guidance | None = None,
-    floor: float = 0.05,
+    floor: float = 0.0,
 ) -> torch.Tensor:
-    """Integrate from ``noise`` (t = 1) to an image (t = 0); returns x in [-1, 1] (unclamped)."""
+    """Integrate from ``noise`` (t = 1) to an image (t = 0); returns x in [-1, 1] (unclamped).
+
+    ``floor`` clamps t in the velocity as training does; the default 0 makes the last Euler step
+    land exactly on the final x0 prediction (the grid never evaluates t = 0)."""
     grid = time_grid(steps, shift, noise.device)
     x = noise
     batch = noise.shape[0]

@@ -17,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data",
         help="inspect training data, build its text-embedding cache",
         description="Work with training data: the sources of a recipe's [data] table, or one path.",
+        epilog="Example: prx data inspect --recipe recipes/quickstart.toml",
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 

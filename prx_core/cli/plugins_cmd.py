@@ -17,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List every technique found through the 'prx.plugins' entry-point group (restrict with "
         "PRX_PLUGINS=name,name). A technique's name is what a recipe puts in `plugins = [...]` and the name of "
         "its settings table.",
+        epilog="Example: prx plugins --json",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     parser.set_defaults(func=_plugins)

@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "recipe",
         help="show or check a recipe (TOML) with its extends and --set overrides applied",
         description="Work with recipes: TOML files with one table per core part and per technique.",
+        epilog="Example: prx recipe show recipes/quickstart.toml --set train.steps=100",
     )
     actions = parser.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
 

@@ -16,6 +16,7 @@ def register(subparsers) -> None:
         help="rebuild an ablation's report (results.csv/json, report.md, plots/) from its folder",
         description="Read ablation.json and every finished run's summary.json and metrics.jsonl in the folder "
                     "and write results.csv, results.json, report.md and plots/*.png next to them.",
+        epilog="Example: prx report runs/ablate-quickstart-one-at-a-time",
     )
     p.add_argument("folder", type=Path, help="the ablation folder that `prx ablate` wrote")
     p.add_argument("--quiet", action="store_true", help="print only the report's path")

@@ -28,6 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prx_core.checkpoint import resolve_checkpoint
     from prx_core.errors import UserError
     from prx_core.generate import generate, save_grid
     from prx_core.inference import load_for_sampling
@@ -45,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--size {args.size}: both sides must be multiples of the model's patch ({patch} px).")
     images = generate(inf.model, inf.text_encoder, args.prompt, size, inf.recipe.sample, steps=args.steps,
                       guidance=inf.guidance, seed=args.seed, autocast=inf.autocast)
-    out = args.out or Path(args.checkpoint) / "samples" / "cli"
+    source = Path(args.checkpoint)  # the run folder holds the samples, whichever checkpoint path was given
+    run_folder = source.parent if source.suffix == ".safetensors" else resolve_checkpoint(source).parent.parent
+    out = args.out or run_folder / "samples" / "cli"
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         Image.fromarray(image).save(out / f"{i:03d}.png")

@@ -20,6 +20,8 @@ from prx_core.types import Captured, RoutePlan
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(batch, 3, H, W) -> (batch, H/p * W/p, 3*p*p), row-major over the patch grid."""
     b, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}: both sides must be")
     x = x.reshape(b, c, h // patch, patch, w // patch, patch)
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
