@@ -112,7 +112,10 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         path = save_checkpoint(trainer, checkpoints, info, {"loader": positions})
         console.log(f"checkpoint: {path}")
 
-    started = time.monotonic()
+    if trainer.step >= total_steps:  # a finished run resumed: only the final samples, eval and summary remain
+        trainer.start_phase(phases[-1], len(phases) - 1)
+    logged = folder.read_metrics() if resume else []
+    started = time.monotonic() - (logged[-1]["wall_s"] if logged else 0.0)  # wall_s continues across resumes
     window_start, window_steps = time.monotonic(), 0
     last_phase, loader, batches = None, None, None
     try:
@@ -129,7 +132,8 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     per_device = phase.batch_size // (info.world_size * micro[phase.name])
                     loader = build_loader(recipe.data, resolution=phase.resolution, batch_size=per_device,
                                           patch=trainer.model_config.patch, seed=recipe.seed, rank=info.rank,
-                                          world_size=info.world_size, text_fingerprint=text_encoder.fingerprint)
+                                          world_size=info.world_size, text_fingerprint=text_encoder.fingerprint,
+                                          pin_memory=info.device.type == "cuda")
                     if loader_state is not None:
                         restore_loader(loader, loader_state["ranks"], info, console)
                     elif carried is not None:
@@ -144,9 +148,14 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                 log_now = (trainer.step + 1) % recipe.train.log_every == 0 or trainer.step + 1 == total_steps
                 metrics = trainer.train_step(batches, micro[phase.name], timed=log_now)
                 window_steps += 1
-                if trainer.nonfinite_in_row >= recipe.train.max_nonfinite_in_row:
+                # The skip counters live on the device (no host read per step): they are read at
+                # log steps and before a checkpoint, so a streak stops the run at most log_every
+                # steps late, and a checkpoint is never written after an unchecked streak.
+                longest = (trainer.read_longest_streak()
+                           if log_now or trainer.step % recipe.train.checkpoint_every == 0 else 0)
+                if longest >= recipe.train.max_nonfinite_in_row:
                     raise NonFiniteError(
-                        f"{trainer.nonfinite_in_row} optimizer steps in a row had a non-finite loss or gradient "
+                        f"{longest} optimizer steps in a row had a non-finite loss or gradient "
                         f"(step {trainer.step}); the run stopped and the last good checkpoint in "
                         f"{folder.checkpoints} is intact. Lower [optim] lr or [optim] grad_clip and resume."
                     )

@@ -31,6 +31,7 @@ from prx_core.objective import add_noise, sample_time, v_space_loss
 from prx_core.plugins import ENV_TRACE, TechniqueSet
 from prx_core.recipe.schema import Recipe
 from prx_core.text import TextEncoder
+from prx_core.train.nonfinite import nonfinite_flag, step_unless
 from prx_core.train.randomness import draw
 from prx_core.types import AuxiliaryLoss, Conditioning, Phase, Router, StepTensors
 
@@ -82,8 +83,11 @@ class Trainer:
         self.autocast = autocast_dtype(recipe.train.precision, self.device)
         self.empty = text_encoder.encode([""])
         self.step = 0
-        self.nonfinite_total = 0
-        self.nonfinite_in_row = 0
+        # Skipped (non-finite) optimizer steps, counted on the device and read with the metrics:
+        # in total, in the current streak, and the longest streak since the last read.
+        self.skipped_total = torch.zeros((), dtype=torch.long, device=self.device)
+        self.skipped_streak = torch.zeros((), dtype=torch.long, device=self.device)
+        self.longest_streak = torch.zeros((), dtype=torch.long, device=self.device)
         self.router: Router | None = None
         self.capture: tuple[int, ...] = ()
         self.aux_losses: list[AuxiliaryLoss] = []
@@ -107,7 +111,7 @@ class Trainer:
         o = self.recipe.optim
         optimizers["adamw"] = torch.optim.AdamW(
             rest, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-            fused=self.device.type == "cuda",
+            fused=self.device.type in ("cuda", "cpu"),  # fused: honours found_inf, no host reads
         )
         self.param_split = {label: sum(p.numel() for g in opt.param_groups for p in g["params"])
                             for label, opt in optimizers.items()}
@@ -136,7 +140,7 @@ class Trainer:
 
     def _conditioning(self, batch: Batch, drop: torch.Tensor) -> Conditioning:
         cond = batch.text if batch.text is not None else self.text_encoder.encode(batch.captions)
-        tokens, mask = cond.tokens.to(self.device), cond.mask.to(self.device)
+        tokens, mask = cond.tokens.to(self.device, non_blocking=True), cond.mask.to(self.device, non_blocking=True)
         dropped = (drop < self.recipe.objective.caption_dropout)[:, None]
         tokens = torch.where(dropped[..., None], self.empty.tokens.to(tokens), tokens)
         mask = torch.where(dropped, self.empty.mask.to(mask), mask)
@@ -193,27 +197,37 @@ class Trainer:
         params = [p for p in self.denoiser.parameters() if p.grad is not None]
         grad_norm = D.clip_grad_norm(params, self.recipe.optim.grad_clip)
         loss = sum(sums.values())
-        # One host read per optimizer step: a non-finite loss or gradient skips the update.
-        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        # A non-finite loss or gradient skips the update, decided on the device: no host read
+        # (prx_core.train.nonfinite). The loop reads the counters every log_every steps.
+        found_inf = nonfinite_flag(loss, grad_norm)
         factor = self.lr_factor(self.step)
-        if finite:
-            for opt in self.optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
-                opt.step()
-            self.nonfinite_in_row = 0
-        else:
-            self.nonfinite_total += 1
-            self.nonfinite_in_row += 1
         for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+            step_unless(opt, found_inf)
             opt.zero_grad(set_to_none=True)
+        skipped = found_inf.long()
+        self.skipped_total += skipped
+        self.skipped_streak.add_(skipped).mul_(skipped)
+        torch.maximum(self.longest_streak, self.skipped_streak, out=self.longest_streak)
         self.step += 1
-        if finite:
-            self.ema.update(self.step)
+        self.ema.update(self.step, skip=found_inf)
         metrics = {"loss": loss, **{f"loss/{k}": v for k, v in sums.items()}, "grad_norm": grad_norm}
         metrics["lr"] = torch.tensor(self.recipe.optim.lr * factor)
         metrics["images"] = torch.tensor(float(images))
         return metrics
+
+    @property
+    def nonfinite_total(self) -> int:
+        """Optimizer steps skipped so far as non-finite (a host read: call it at log steps)."""
+        return int(self.skipped_total)
+
+    def read_longest_streak(self) -> int:
+        """The longest run of consecutive skipped steps since the last call (a host read), so
+        that a streak between two reads is seen even if it has ended."""
+        longest = int(self.longest_streak)
+        self.longest_streak.copy_(self.skipped_streak)
+        return longest
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -249,7 +263,7 @@ class Trainer:
         for label, opt in self.optimizers.items():
             set_optimizer_state_dict(self.denoiser, opt, state["optimizers"][label], options=options)
         self.step = int(state["step"])
-        self.nonfinite_total = int(state["nonfinite_total"])
+        self.skipped_total.fill_(int(state["nonfinite_total"]))
         self.techniques.call("prx_load_state_dict", states=state.get("techniques", {}))
 
 

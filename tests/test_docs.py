@@ -1,0 +1,216 @@
+"""Docs that cannot rot: every hook is documented (docstring in prx_core/hookspecs.py, entry with
+the exact signature in docs/plugins.md), the documented call order is the same in both places,
+the code in the guide is the example package's code, and every hook is really called by the
+core during a plan / train / sample / checkpoint / resume cycle."""
+from __future__ import annotations
+
+import inspect
+import re
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from prx_core import hookspecs, plugins
+from prx_core.effects import EFFECTS, documented_stages, hook_order_problems
+from prx_core.model.config import DenoiserConfig
+from prx_core.plugins import HookTrace
+from prx_core.recipe.schema import Recipe, SampleConfig
+from prx_core.types import CostTerm, Phase, Technique
+from test_matrix import matrix_recipe, train  # noqa: F401  (matrix_recipe is a fixture)
+
+ROOT = Path(__file__).parents[1]
+GUIDE = (ROOT / "docs" / "plugins.md").read_text()
+EXAMPLE = ROOT / "examples" / "prx-minsnr"
+HOOKS = hookspecs.hook_names()
+
+
+def documented_signatures() -> dict[str, tuple[list[str], str]]:
+    """hook -> (argument names, return annotation) from the guide's ``### `hook(args) -> ret``` headings."""
+    found = {}
+    for name, arguments, returns in re.findall(r"^### `(\w+)\(([^)]*)\) -> (.+)`$", GUIDE, flags=re.M):
+        assert name not in found, f"docs/plugins.md documents {name} twice"
+        found[name] = ([a.strip() for a in arguments.split(",") if a.strip()], returns)
+    return found
+
+
+def test_every_hook_has_a_docstring_and_an_entry_with_its_signature():
+    documented = documented_signatures()
+    for hook in HOOKS:
+        spec = inspect.signature(getattr(hookspecs, hook))
+        assert (inspect.getdoc(getattr(hookspecs, hook)) or "").strip(), f"{hook} has no docstring in hookspecs.py"
+        assert hook in documented, f"docs/plugins.md has no '### `{hook}(...) -> ...`' entry"
+        arguments, returns = documented[hook]
+        assert arguments == list(spec.parameters), f"docs/plugins.md: {hook} takes {list(spec.parameters)}"
+        assert returns == spec.return_annotation, f"docs/plugins.md: {hook} returns {spec.return_annotation}"
+    stale = sorted(set(documented) - set(HOOKS))
+    assert stale == [], f"docs/plugins.md documents hooks that do not exist: {stale}"
+
+
+def test_the_call_order_is_the_same_in_hookspecs_and_the_guide():
+    stages = documented_stages()
+    assert list(stages) == HOOKS, "the phase list in hookspecs.py's docstring must name every hook, in file order"
+    assert list(stages.values()) == sorted(stages.values())
+    listed = re.search(r"in this order.*?\n\n((?:\d\..*\n(?: .*\n)*)+)", GUIDE)
+    assert listed, "docs/plugins.md lost its numbered list of phases"
+    in_guide = {hook: int(number) for number, text in re.findall(r"^(\d)\.(.*(?:\n .*)*)", listed[1], flags=re.M)
+                for hook in re.findall(r"`(prx_\w+)`", text)}
+    assert in_guide == stages
+
+
+def test_the_effect_vocabulary_and_roles_are_documented():
+    rows = re.findall(r"^\| `([a-z_]+)(?::<\w+>)?` \|", GUIDE, flags=re.M)
+    assert rows == list(EFFECTS)
+    roles = {role for technique in plugins.discover().techniques.values() for role in technique.roles}
+    assert all(f'`"{role}"`' in GUIDE for role in roles), f"document every role in use: {sorted(roles)}"
+
+
+def test_code_in_the_guide_is_the_example_packages_code():
+    sources = "\n".join(path.read_text() for path in sorted(EXAMPLE.rglob("*")) if path.suffix in (".py", ".toml"))
+    blocks = re.findall(r"```(?:python|toml)\n(.*?)```", GUIDE, flags=re.S)
+    assert len(blocks) >= 4
+    for block in blocks:
+        assert block in sources, f"this block of docs/plugins.md is not in examples/prx-minsnr:\n{block}"
+
+
+def test_trace_lines_in_the_guide_are_what_prx_trace_logs():
+    [block] = re.findall(r"```text\n(.*?)```", GUIDE, flags=re.S)
+    lines: list[str] = []
+    trace = HookTrace(log=lines.append)
+    for line in block.splitlines():
+        step, kind, name, technique = re.fullmatch(r"trace: (?:step (\d+) )?(\w+) (\S+) \[(\w+)\]", line).groups()
+        trace.record(kind, name, technique, None if step is None else int(step))
+    assert lines == block.splitlines()
+
+
+# --- every hook is called by the core ---------------------------------------------------------
+
+
+PROBE_PHASES = [Phase("probe-a", 2, 32, 4), Phase("probe-b", 2, 16, 2)]
+CALLS: list[tuple[str, dict[str, Any]]] = []
+
+
+class Probe:
+    """Implements every hook, records what the core passes, and answers with neutral values."""
+
+    def __init__(self, config, context):
+        self.context = context
+
+    def _seen(self, hook: str, **arguments: Any) -> None:
+        CALLS.append((hook, arguments))
+
+    @hookspecs.hookimpl
+    def prx_check_recipe(self, recipe, active):
+        self._seen("prx_check_recipe", recipe=recipe, active=active)
+        return []
+
+    @hookspecs.hookimpl
+    def prx_resolution_schedule(self, recipe):
+        self._seen("prx_resolution_schedule", recipe=recipe)
+        return PROBE_PHASES
+
+    @hookspecs.hookimpl
+    def prx_cost(self, model_config, phase, text_tokens):
+        self._seen("prx_cost", model_config=model_config, phase=phase, text_tokens=text_tokens)
+        return [CostTerm("probe", 0.0)]
+
+    @hookspecs.hookimpl
+    def prx_configure_model(self, model, recipe):
+        self._seen("prx_configure_model", model=model, recipe=recipe)
+        return {}
+
+    @hookspecs.hookimpl
+    def prx_optimizer_groups(self, model, recipe):
+        self._seen("prx_optimizer_groups", model=model, recipe=recipe)
+        return []
+
+    @hookspecs.hookimpl
+    def prx_phase_change(self, phase, index, step):
+        self._seen("prx_phase_change", phase=phase, index=index, step=step)
+
+    @hookspecs.hookimpl
+    def prx_routing(self, phase, model_config):
+        self._seen("prx_routing", phase=phase, model_config=model_config)
+
+    @hookspecs.hookimpl
+    def prx_capture_blocks(self, phase, model_config):
+        self._seen("prx_capture_blocks", phase=phase, model_config=model_config)
+        return []
+
+    @hookspecs.hookimpl
+    def prx_auxiliary_losses(self, phase, model):
+        self._seen("prx_auxiliary_losses", phase=phase, model=model)
+        return []
+
+    @hookspecs.hookimpl
+    def prx_guidance(self, sample_config, model_config, router):
+        self._seen("prx_guidance", sample_config=sample_config, model_config=model_config, router=router)
+
+    @hookspecs.hookimpl
+    def prx_state_dict(self):
+        self._seen("prx_state_dict")
+        return {"probe": {"saved_at": torch.tensor(len(CALLS))}}
+
+    @hookspecs.hookimpl
+    def prx_load_state_dict(self, states):
+        self._seen("prx_load_state_dict", states=states)
+
+
+def probe_module() -> types.ModuleType:
+    module = types.ModuleType("probe_plugin")
+
+    @hookspecs.hookimpl
+    def prx_register_techniques():
+        CALLS.append(("prx_register_techniques", {}))
+        return [Technique(name="probe", plugin=Probe, summary="implements every hook", roles=("schedule",))]
+
+    module.prx_register_techniques = prx_register_techniques
+    return module
+
+
+ARGUMENT_TYPES = {
+    "recipe": Recipe, "active": tuple, "model_config": DenoiserConfig, "phase": Phase, "text_tokens": int,
+    "model": nn.Module, "index": int, "step": int, "sample_config": SampleConfig, "states": dict,
+}
+
+
+def test_the_probe_implements_every_hook():
+    implemented = {name for name in dir(Probe) if name.startswith("prx_")} | {"prx_register_techniques"}
+    assert implemented == set(HOOKS), f"add {sorted(set(HOOKS) - implemented)} to the Probe in tests/test_docs.py"
+
+
+def test_every_hook_is_called_by_the_core_with_its_documented_arguments(matrix_recipe, tmp_path):  # noqa: F811
+    CALLS.clear()
+    registry = plugins.discover(extra_modules=[probe_module()])
+    first = train(matrix_recipe, ["probe"], tmp_path / "first", registry=registry)
+    resumed = train(matrix_recipe, ["probe"], tmp_path / "resumed", registry=registry, resume=first.checkpoint)
+    called = [hook for hook, _ in CALLS]
+    never = [hook for hook in HOOKS if hook not in called]
+    assert never == [], f"the core never called {never} in a plan / train / sample / checkpoint / resume cycle"
+    for hook, arguments in CALLS:
+        assert list(arguments) == list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        for name, value in arguments.items():
+            if name == "router":
+                assert value is None or callable(getattr(value, "plan", None))
+            else:
+                assert isinstance(value, ARGUMENT_TYPES[name]), f"{hook} got {name}={value!r}"
+    phase_changes = [(a["phase"].name, a["index"], a["step"]) for hook, a in CALLS if hook == "prx_phase_change"]
+    assert phase_changes == [("probe-a", 0, 0), ("probe-b", 1, 2), ("probe-b", 1, 3)]  # the last one on resume
+    [loaded] = [a["states"] for hook, a in CALLS if hook == "prx_load_state_dict"]
+    assert set(loaded) == {"probe"}
+    assert hook_order_problems(first.events) == [] and hook_order_problems(resumed.events) == []
+
+
+@pytest.mark.parametrize("hook", HOOKS[1:])
+def test_the_order_check_catches_a_hook_called_out_of_its_stage(hook):
+    """The check the matrix applies to every run: after a phase started, only the sampling and
+    checkpoint-saving hooks may come again."""
+    stages = documented_stages()
+    setup = [(None, "hook", h, "probe") for h in HOOKS[1:] if stages[h] < stages["prx_phase_change"]]
+    phase = [(0, "phase", "a", "core"), *[(None, "hook", h, "probe") for h in HOOKS if stages[h] == 5]]
+    assert hook_order_problems(setup + phase) == []
+    late = hook_order_problems(setup + phase + [(None, "hook", hook, "probe")])
+    assert (late == []) == (hook in ("prx_guidance", "prx_state_dict")), late
