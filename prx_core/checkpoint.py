@@ -4,8 +4,9 @@ Layout: ``checkpoints/step_00001000/state.pt`` (``torch.save`` of tensors and pl
 read back with ``torch.load(weights_only=True)``) and ``manifest.json`` (step, byte size and
 SHA-256 of every file), written into a temporary folder and renamed into place, then
 ``checkpoints/latest`` is replaced atomically. A missing or truncated file is detected from the
-manifest and refused with a message. Sharded (FSDP) runs add a ``dcp/`` folder written by
-``torch.distributed.checkpoint``; see prx_core.distributed.
+manifest and refused with a message. Sharded (FSDP2) runs add a ``dcp/`` folder written by
+``torch.distributed.checkpoint``: every rank writes into the temporary folder, rank 0 commits;
+see prx_core.train.state.
 """
 from __future__ import annotations
 
@@ -76,9 +77,13 @@ class CheckpointManager:
     def folder(self, step: int) -> Path:
         return self.root / f"step_{step:08d}"
 
+    def staging(self, step: int) -> Path:
+        """The temporary folder checkpoint ``step`` is written into before :meth:`commit`."""
+        return self.root / f".tmp_step_{step:08d}"
+
     def begin(self, step: int) -> Path:
         """A fresh temporary folder to write checkpoint ``step`` into."""
-        tmp = self.root / f".tmp_step_{step:08d}"
+        tmp = self.staging(step)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         return tmp
@@ -132,6 +137,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def load_state(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Verify and read ``folder/state.pt`` without executing code (weights_only)."""
     verify(folder)
+    return read_state(folder, map_location)
+
+
+def read_state(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read ``folder/state.pt`` without executing code (weights_only), trusting an earlier
+    :func:`verify` (of one rank, for many)."""
     try:
         return torch.load(folder / STATE_FILE, map_location=map_location, weights_only=True)
     except Exception as err:  # a corrupt archive that still matched its manifest, or a foreign file

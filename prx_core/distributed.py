@@ -1,7 +1,9 @@
 """One process or many under ``torchrun``: process group, device, and DDP / FSDP2 wrapping.
 
 ``torchrun --nproc-per-node N -m prx_core run RECIPE`` sets RANK/WORLD_SIZE/LOCAL_RANK; the
-same recipe runs unchanged in one process. Backend: NCCL on GPUs, gloo on CPUs.
+same recipe runs unchanged in one process. Backend: NCCL on GPUs, gloo on CPUs. Rank 0 alone
+prints and writes the run folder; checkpoints are written by every rank under FSDP2 and committed
+by rank 0 (prx_core.train.state).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import attrs
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from prx_core.recipe.schema import DistributedConfig
 
@@ -77,6 +80,18 @@ def set_gradient_sync(model: nn.Module, info: DistInfo, enabled: bool) -> None:
         model.set_requires_gradient_sync(enabled)
     elif info.strategy == "ddp":
         model.require_backward_grad_sync = enabled
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the gradients of ``params`` to ``max_norm`` in total; returns the total norm before
+    clipping as a plain tensor. Under FSDP2 the gradients are DTensor shards and their norm is a
+    DTensor: it is reduced to the full value once, here, so callers read one number."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
 
 
 def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

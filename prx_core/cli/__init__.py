@@ -10,7 +10,7 @@ import sys
 
 from prx_core.errors import UserError
 
-COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost")
+COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

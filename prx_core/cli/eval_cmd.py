@@ -22,14 +22,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prx_core.checkpoint import resolve_checkpoint
     from prx_core.evaluation.prompt_following import evaluate
-    from prx_core.inference import load_for_sampling
+    from prx_core.inference import load_for_sampling, run_folder_of
 
     inf = load_for_sampling(args.checkpoint, tuple(args.overrides))
     result = {"step": inf.step, **evaluate(inf.model, inf.text_encoder, inf.recipe.eval, inf.recipe.sample,
                                            inf.resolution, inf.guidance, inf.autocast)}
-    out = args.out or resolve_checkpoint(args.checkpoint).parent.parent / "eval.json"
+    out = args.out or run_folder_of(args.checkpoint) / "eval.json"
     Path(out).write_text(json.dumps(result, indent=2))
     for key, value in {**result["prompt_following"], **result.get("distribution", {})}.items():
         print(f"{key:16s} {value:.3f}")

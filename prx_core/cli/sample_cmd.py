@@ -28,10 +28,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prx_core.checkpoint import resolve_checkpoint
     from prx_core.errors import UserError
     from prx_core.generate import generate, save_grid
-    from prx_core.inference import load_for_sampling
+    from prx_core.inference import load_for_sampling, run_folder_of
 
     inf = load_for_sampling(args.checkpoint, tuple(args.overrides))
     if args.size:
@@ -46,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--size {args.size}: both sides must be multiples of the model's patch ({patch} px).")
     images = generate(inf.model, inf.text_encoder, args.prompt, size, inf.recipe.sample, steps=args.steps,
                       guidance=inf.guidance, seed=args.seed, autocast=inf.autocast)
-    source = Path(args.checkpoint)  # the run folder holds the samples, whichever checkpoint path was given
-    run_folder = source.parent if source.suffix == ".safetensors" else resolve_checkpoint(source).parent.parent
-    out = args.out or run_folder / "samples" / "cli"
+    out = args.out or run_folder_of(args.checkpoint) / "samples" / "cli"
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         Image.fromarray(image).save(out / f"{i:03d}.png")

@@ -13,7 +13,11 @@ Resharding: states are keyed by parameter name, and DCP stores each tensor with 
 shape and the offsets of its pieces, so a checkpoint written by N FSDP2 processes loads into M
 FSDP2 processes, into DDP or into one process (full tensors); a one-process or DDP checkpoint
 loads into FSDP2 (each rank keeps its shard). The data loader's position is per rank and
-restarts under a different process count (prx_core.train.loop.restore_loader).
+restarts under a different process count (prx_core.train.loop.restore_loader). To have targets
+of the right layout to load into, a fresh optimizer's state is created the way torch's
+``get_optimizer_state_dict`` does it (one step with zero gradients and a zero learning rate) and
+then overwritten; saving an optimizer that never stepped (every step so far non-finite) creates
+its state the same way.
 
 Loading without executing code: ``state.pt`` is read with ``torch.load(weights_only=True)``,
 and DCP reads tensor data with ``weights_only=True`` too. But torch 2.14's DCP reads its
@@ -31,16 +35,19 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from prx_core import distributed as D
 from prx_core.checkpoint import STATE_FILE, CheckpointManager, read_state, verify
 from prx_core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from prx_core.train.trainer import Trainer
 
 DCP_DIR = "dcp"
 SHARDED = ("model", "ema", "optimizers")  # the parts of Trainer.state_dict() that go through DCP
@@ -79,6 +86,8 @@ class SafeReader(FileSystemReader):
             ) from None
         if not isinstance(metadata, Metadata):
             raise CheckpointError(f"{path} does not hold torch.distributed.checkpoint metadata.")
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
 
@@ -116,7 +125,7 @@ def is_sharded(folder: Path) -> bool:
     return (Path(folder) / DCP_DIR).is_dir()
 
 
-def save_checkpoint(trainer, manager: CheckpointManager, info: D.DistInfo, extra: dict[str, Any]) -> Path:
+def save_checkpoint(trainer: Trainer, manager: CheckpointManager, info: D.DistInfo, extra: dict[str, Any]) -> Path:
     """Write checkpoint ``trainer.step`` with ``extra`` (plain data, e.g. loader positions) and
     return its folder. Every rank calls it; it returns once the checkpoint is committed."""
     step = trainer.step
@@ -139,14 +148,15 @@ def save_checkpoint(trainer, manager: CheckpointManager, info: D.DistInfo, extra
     return manager.folder(step)
 
 
-def load_checkpoint(trainer, folder: Path, info: D.DistInfo) -> dict[str, Any]:
+def load_checkpoint(trainer: Trainer, folder: Path, info: D.DistInfo) -> dict[str, Any]:
     """Restore ``trainer`` from ``folder`` (either layout, any process count); returns the saved
     state (its ``loader`` entry and the other plain data). Every rank calls it."""
     _verify_once(folder, info)
     state = read_state(folder, map_location=info.device)
     if is_sharded(folder):
         trainer.check_optimizer_labels(state["optimizers"])
-        targets, _ = split_tensors({part: trainer.state_dict()[part] for part in SHARDED})
+        current = trainer.state_dict()  # this run's layout; fresh optimizers get their (zero) state here
+        targets, _ = split_tensors({part: current[part] for part in SHARDED})
         saved_keys = _marker_keys({part: state[part] for part in SHARDED})
         if saved_keys != set(targets):
             missing, extra = sorted(set(targets) - saved_keys), sorted(saved_keys - set(targets))
@@ -191,16 +201,24 @@ def _verify_once(folder: Path, info: D.DistInfo) -> None:
         raise CheckpointError(problems[0])
 
 
-def read_ema(folder: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The full (consolidated) EMA weights of a checkpoint on the CPU of one process, and its
-    step; from either layout."""
+def read_full_state(folder: Path, parts: tuple[str, ...] = SHARDED) -> dict[str, Any]:
+    """A checkpoint's state with full tensors on the CPU of one process, from either layout
+    (no process group needed); of the tensor groups only ``parts`` are read."""
     verify(folder)
     state = read_state(folder)
+    for part in set(SHARDED) - set(parts):
+        state.pop(part)
     if not is_sharded(folder):
-        return state["ema"], int(state["step"])
+        return state
     reader = SafeReader(folder / DCP_DIR)
     found = reader.read_metadata().state_dict_metadata
-    keys = sorted(_marker_keys(state["ema"]))
+    keys = sorted(_marker_keys({part: state[part] for part in parts}))
     targets = {key: torch.empty(found[key].size, dtype=found[key].properties.dtype) for key in keys}
     _dcp_load(targets, folder / DCP_DIR, no_dist=True)
-    return join_tensors(state["ema"], targets), int(state["step"])
+    return join_tensors(state, targets)
+
+
+def read_ema(folder: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The full EMA weights of a checkpoint (either layout) on the CPU, and its step."""
+    state = read_full_state(folder, ("ema",))
+    return state["ema"], int(state["step"])

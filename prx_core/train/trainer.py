@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -245,10 +245,11 @@ class Trainer:
             "techniques": {k: v for _, states in self.techniques.call("prx_state_dict") for k, v in states.items()},
         }
 
-    def check_optimizer_labels(self, labels) -> None:
+    def check_optimizer_labels(self, labels: Iterable[str]) -> None:
+        labels = sorted(labels)
         if set(labels) != set(self.optimizers):
             raise RecipeError(
-                f"the checkpoint's optimizers {sorted(labels)} differ from this recipe's "
+                f"the checkpoint's optimizers {labels} differ from this recipe's "
                 f"{sorted(self.optimizers)}: resume with the recipe the run was started with."
             )
 
