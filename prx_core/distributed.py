@@ -61,6 +61,11 @@ def init_distributed(config: DistributedConfig, device_preference: str) -> DistI
 def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
     """DDP wrapper, or FSDP2 ``fully_shard`` per block then the root (in place), or the model."""
     if info.strategy == "ddp":
+        # Technique extras (a REPA projector) run after the denoiser's forward and may sit out a
+        # phase; DDP's reducer expects neither, so they are left out of it and their gradients
+        # are averaged by sync_extras_grads.
+        ignored = [f"extras.{name}" for name, _ in model.extras.named_parameters()]
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
         return nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
@@ -72,6 +77,20 @@ def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
         fully_shard(model)
         return model
     return model
+
+
+def sync_extras_grads(model: nn.Module, info: DistInfo) -> None:
+    """Average the gradients of the extras DDP ignores (after the last micro-step's backward).
+    A parameter without a gradient is unused on every rank alike (its technique is off)."""
+    if info.strategy != "ddp":
+        return
+    grads = [p.grad for p in model.extras.parameters() if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= info.world_size
+        chunks = flat.split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(chunks, grads)])
 
 
 def set_gradient_sync(model: nn.Module, info: DistInfo, enabled: bool) -> None:

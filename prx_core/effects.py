@@ -3,7 +3,7 @@ their hooks in the documented order.
 
 Every technique declares in ``Technique.effects`` what it visibly does to a run, in the
 vocabulary of :data:`EFFECTS` (tabled in docs/plugins.md; tests/test_docs.py keeps the two in
-step). The interference matrix (tests/test_matrix.py) trains combinations of techniques and
+step). The interference matrix (prx_core.testing, run over every subset by tests/test_matrix.py) trains combinations of techniques and
 compares what it observes here with what the active techniques declare.
 
 Two things are observed: the model and parameters of a :class:`Trainer`, through PyTorch hooks

@@ -147,6 +147,27 @@ def test_two_processes_match_one_process_with_twice_the_batch(runs, strategy):
     assert layout == (strategy == "fsdp")  # sharded checkpoints exactly under FSDP2
 
 
+# REPA's projector runs after the denoiser's forward and sits out the second phase: DDP must
+# neither wait for its gradient there nor skip averaging it in the first phase.
+REPA_TWO_PHASES = ("--set", 'plugins=["repa","multires"]', "--set", "repa.teacher=efficientnet-lite0",
+                   "--set", "repa.block=1", "--set", "repa.projector_dim=32", "--set",
+                   'multires.phases=[{name="a",resolution=32,batch_size=8,steps=2},'
+                   '{name="b",resolution=32,batch_size=8,steps=2,disabled=["repa"]}]')
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_extras_used_outside_the_forward_and_off_in_a_phase(tmp_path, strategy):
+    prx_run(tmp_path / "one", REPA_TWO_PHASES, 1)
+    prx_run(tmp_path / strategy, (*REPA_TWO_PHASES, "--set", f"distributed.strategy={strategy}"), 2)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / strategy)
+    assert ["loss/repa" in r for r in two] == [True, True, False, False]
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=REL), (strategy, a["step"], key)
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_rank_zero_alone_prints_and_writes(runs):

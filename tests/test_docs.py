@@ -19,8 +19,8 @@ from prx_core.effects import EFFECTS, documented_stages, hook_order_problems
 from prx_core.model.config import DenoiserConfig
 from prx_core.plugins import HookTrace
 from prx_core.recipe.schema import Recipe, SampleConfig
+from prx_core.testing import matrix_recipe, train
 from prx_core.types import CostTerm, Phase, Technique
-from test_matrix import matrix_recipe, train  # noqa: F401  (matrix_recipe is a fixture)
 
 ROOT = Path(__file__).parents[1]
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()
@@ -87,6 +87,11 @@ def test_trace_lines_in_the_guide_are_what_prx_trace_logs():
 
 
 # --- every hook is called by the core ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module", name="matrix_recipe")
+def matrix_recipe_fixture(tmp_path_factory) -> Path:
+    return matrix_recipe(tmp_path_factory.mktemp("matrix"))
 
 
 PROBE_PHASES = [Phase("probe-a", 2, 32, 4), Phase("probe-b", 2, 16, 2)]
@@ -182,7 +187,7 @@ def test_the_probe_implements_every_hook():
     assert implemented == set(HOOKS), f"add {sorted(set(HOOKS) - implemented)} to the Probe in tests/test_docs.py"
 
 
-def test_every_hook_is_called_by_the_core_with_its_documented_arguments(matrix_recipe, tmp_path):  # noqa: F811
+def test_every_hook_is_called_by_the_core_with_its_documented_arguments(matrix_recipe, tmp_path):
     CALLS.clear()
     registry = plugins.discover(extra_modules=[probe_module()])
     first = train(matrix_recipe, ["probe"], tmp_path / "first", registry=registry)

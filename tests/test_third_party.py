@@ -5,9 +5,11 @@ from a recipe through the ``prx`` CLI with no change to prx_core, while the brok
 reported by name and take nothing down.
 
 The fast tests put on ``sys.path`` what an installation would (the package and a dist-info with
-the entry points read from the example's pyproject.toml); the slow CLI test builds the real wheel
-with pip, installs it with ``pip install --target`` into a temporary directory and runs ``prx``
-in subprocesses with that directory on ``PYTHONPATH``. Either way the venv is left untouched.
+the entry points read from the example's pyproject.toml); the slow tests build the real wheel
+with pip, install it with ``pip install --target`` into a temporary directory, and run ``prx``
+and the example's own tests (``pytest`` on examples/prx-minsnr/tests, which use the public
+harness :mod:`prx_core.testing`) in subprocesses with that directory on ``PYTHONPATH``. Either
+way the venv is left untouched.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 
 from prx_core import plugins
 from prx_core.objective import v_space_loss
-from test_matrix import check_combination, matrix_recipe  # noqa: F401  (matrix_recipe is a fixture)
+from prx_core.testing import check_combination, matrix_recipe
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "prx-minsnr"
 TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
@@ -113,6 +115,11 @@ def wheel_site(tmp_path_factory) -> Path:
     return site
 
 
+@pytest.fixture(scope="module", name="matrix_recipe")
+def matrix_recipe_fixture(tmp_path_factory) -> Path:
+    return matrix_recipe(tmp_path_factory.mktemp("matrix"))
+
+
 @pytest.fixture
 def installed(source_site, monkeypatch) -> Path:
     monkeypatch.syspath_prepend(str(source_site))
@@ -147,7 +154,7 @@ def test_discovery_finds_the_example_and_reports_each_broken_plugin(installed):
 
 
 @pytest.mark.parametrize("names", [("minsnr",), ("minsnr", "multires", "repa", "tread")], ids="+".join)
-def test_the_example_passes_the_matrix_checks(installed, names, matrix_recipe, tmp_path):  # noqa: F811
+def test_the_example_passes_the_matrix_checks(installed, names, matrix_recipe, tmp_path):
     check_combination(names, matrix_recipe, tmp_path, registry=plugins.discover())
 
 
@@ -185,3 +192,16 @@ def test_cli_lists_broken_plugins_and_runs_a_recipe_with_the_example(wheel_site,
     assert "trace: step 0 use loss_term:minsnr [minsnr]" in log
     assert "trace: step 0 phase train [core]" in log and "trace: step 1 use loss_term:minsnr [minsnr]" in log
     assert "trace: step 2 use guidance [cfg]" in log
+
+
+@pytest.mark.slow
+def test_the_examples_own_tests_pass_with_the_installed_wheel(wheel_site, tmp_path):
+    """What the example's author runs: pytest on the package's tests, with the package installed."""
+    # a copy outside the prx repository, so that none of its pytest settings or conftest apply
+    shutil.copytree(EXAMPLE / "tests", tmp_path / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    inherited = {key: value for key, value in os.environ.items() if key not in (plugins.ENV_ONLY, plugins.ENV_TRACE)}
+    environment = {**inherited, "PYTHONPATH": str(wheel_site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "skipped" not in run.stdout and " passed" in run.stdout, run.stdout[-3000:]

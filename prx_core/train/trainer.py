@@ -195,6 +195,7 @@ class Trainer:
             for name, value in self.micro_step(batch, 1.0 / accumulation, timed).items():
                 sums[name] = sums.get(name, 0.0) + value / accumulation
         params = [p for p in self.denoiser.parameters() if p.grad is not None]
+        D.sync_extras_grads(self.denoiser, self.info)
         grad_norm = D.clip_grad_norm(params, self.recipe.optim.grad_clip)
         loss = sum(sums.values())
         # A non-finite loss or gradient skips the update, decided on the device: no host read
