@@ -10,7 +10,7 @@ import sys
 
 from prx_core.errors import UserError
 
-COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost", "export")
+COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 from torchdata.nodes import BaseNode, MultiNodeWeightedSampler, ParallelMapper, Prefetcher
 from torchdata.nodes.samplers.stop_criteria import StopCriteria
 
@@ -31,6 +32,7 @@ from prx_core.data.reader import SampleReader
 from prx_core.data.sources import Source, open_source
 from prx_core.data.text_cache import TextCache, cache_location
 from prx_core.errors import DataError, RecipeError
+from prx_core.types import Conditioning
 
 __all__ = ["Batch", "TrainLoader", "build_loader", "open_sources", "mixture_weights"]
 
@@ -79,9 +81,13 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     text_fingerprint: dict | None = None,
+    pin_memory: bool = False,
 ) -> TrainLoader:
     """The loader of one rank: ``batch_size`` images per batch (this rank's device batch) at
     ``resolution`` (the phase's, which may differ from ``data.resolution``).
+
+    ``pin_memory`` (for CUDA training) hands out batches in page-locked memory, so that the
+    step's ``.to(device, non_blocking=True)`` copies without waiting for the GPU's queue.
 
     ``text_fingerprint`` is the text encoder's fingerprint; it is required when
     ``data.text_cache`` is on, and a cache built by another encoder is refused.
@@ -98,7 +104,8 @@ def build_loader(
             raise ValueError("[data] text_cache is on: build_loader needs the text encoder's fingerprint")
         text = TextCache(text_cache_dirs(data, sources), text_fingerprint)
     return TrainLoader(
-        data, sources, buckets, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, text=text
+        data, sources, buckets, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, text=text,
+        pin_memory=pin_memory,
     )
 
 
@@ -119,8 +126,10 @@ class TrainLoader:
         rank: int,
         world_size: int,
         text: TextCache | None,
+        pin_memory: bool = False,
     ):
         self.buckets = buckets
+        self.pin_memory = pin_memory
         self.batch_size = batch_size
         self.sources = sources
         self.weights = mixture_weights(data, sources)
@@ -183,7 +192,7 @@ class TrainLoader:
             self._stats = emitted.stats
             if emitted.problem:
                 raise DataError(emitted.problem)
-            yield emitted.batch
+            yield pinned(emitted.batch) if self.pin_memory else emitted.batch
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this rank's stream exactly (plain data and tensors)."""
@@ -223,6 +232,12 @@ class TrainLoader:
         self._batcher = None
         _terminate(self._workers)
         self._workers = set()
+
+
+def pinned(batch: Batch) -> Batch:
+    """``batch`` with its tensors in page-locked host memory."""
+    text = batch.text if batch.text is None else Conditioning(*(t.pin_memory() for t in batch.text))
+    return attrs.evolve(batch, images=batch.images.pin_memory(), text=text)
 
 
 def _terminate(workers: set[multiprocessing.process.BaseProcess]) -> None:
