@@ -259,3 +259,23 @@ def test_sharded_and_replicated_muon_equal_one_process(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "muon sharded check passed" in result.stdout
+
+
+def test_found_inf_skips_the_step_on_the_device():
+    from prx_core.train.nonfinite import step_unless
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    reference = torch.nn.Parameter(w.detach().clone())
+    ours, plain = Muon([w], lr=0.1), Muon([reference], lr=0.1)
+    for found_inf in (0.0, 1.0, 0.0):
+        grad = torch.randn(6, 4)
+        w.grad, reference.grad = grad.clone(), grad.clone()
+        before = (w.detach().clone(), ours.state[w]["momentum_buffer"].clone() if ours.state[w] else None)
+        step_unless(ours, torch.tensor(found_inf))
+        if found_inf:
+            assert torch.equal(w, before[0]) and torch.equal(ours.state[w]["momentum_buffer"], before[1])
+            reference.grad = None  # the plain optimizer does not step either
+        plain.step()
+        assert torch.equal(w, reference)
+        assert torch.equal(ours.state[w]["momentum_buffer"], plain.state[reference]["momentum_buffer"])

@@ -102,7 +102,13 @@ class Muon(torch.optim.Optimizer):
     identical, e.g. the DDP group; with more than one rank, each matrix is orthogonalised by one
     of them and broadcast. Leave it None on one process, or when each process steps its own
     parameters. DTensor parameters use their own device mesh and need nothing here.
+
+    ``found_inf`` (set by the core before ``step()``, see prx_core.train.nonfinite): a 0-dim
+    tensor, 1 when the step's gradients were not finite; the momentum and the weights are then
+    left as they were, decided on the device without a host read.
     """
+
+    honours_found_inf = True
 
     def __init__(
         self,
@@ -167,6 +173,8 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        skip = getattr(self, "found_inf", None)
+        skip = None if skip is None else skip.bool()
         work: list[_Work] = []
         for group in self.param_groups:
             momentum = group["momentum"]
@@ -177,7 +185,10 @@ class Muon(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf, grad = _local(state["momentum_buffer"]), _local(p.grad)
-                buf.lerp_(grad, 1 - momentum)
+                if skip is None:
+                    buf.lerp_(grad, 1 - momentum)
+                else:
+                    buf.copy_(torch.where(skip, buf, buf.lerp(grad, 1 - momentum)))
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
                 work.append(_Work(p, group, update.to(torch.bfloat16)))
 
@@ -193,8 +204,12 @@ class Muon(torch.optim.Optimizer):
         for w, o in zip(work, orthogonal):
             g = w.settings
             p = _local(w.param)
-            p.mul_(1 - g["lr"] * g["weight_decay"])
-            p.add_(o, alpha=-g["lr"] * update_scale(w.shape, g["adjust_lr_fn"]))
+            scale = g["lr"] * update_scale(w.shape, g["adjust_lr_fn"])
+            if skip is None:
+                p.mul_(1 - g["lr"] * g["weight_decay"])
+                p.add_(o, alpha=-scale)
+            else:
+                p.copy_(torch.where(skip, p, p.mul(1 - g["lr"] * g["weight_decay"]).add_(o, alpha=-scale)))
         return loss
 
     def _orthogonalise(self, layout: _Layout, work: list[_Work]) -> list[torch.Tensor]:
