@@ -54,6 +54,8 @@ def test_schedule_problems_name_the_key():
     assert schedule_problems(_config(), 32, ("multires", "repa")) == []
     problems = schedule_problems(_config(), 32, ("multires",))
     assert len(problems) == 1 and "phases[1]" in problems[0] and "'repa'" in problems[0]
+    # an ablation without REPA keeps the recipe's [repa] table and its phase-2 "disabled" entry
+    assert schedule_problems(_config(), 32, ("multires",), configured=("repa",)) == []
     bad = MultiresConfig(phases=[PhaseConfig(name="x", resolution=500, batch_size=0, steps=0)])
     text = " ".join(schedule_problems(bad, 32, ("multires",)))
     assert "steps must be >= 1" in text and "batch_size must be >= 1" in text and "multiple of the patch" in text

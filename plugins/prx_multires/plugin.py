@@ -52,8 +52,13 @@ def schedule_phases(config: MultiresConfig) -> list[Phase]:
     ]
 
 
-def schedule_problems(config: MultiresConfig, patch: int, active: tuple[str, ...]) -> list[str]:
-    """What is wrong with a schedule (empty when nothing), each naming the key to change."""
+def schedule_problems(config: MultiresConfig, patch: int, active: tuple[str, ...],
+                      configured: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with a schedule (empty when nothing), each naming the key to change.
+
+    A phase may disable an active technique or one the recipe configures without selecting
+    (an ablation that drops REPA keeps the 1024 px phase's ``disabled = ["repa"]``); any other
+    name is a typo."""
     if not config.phases:
         return ["[multires] phases is empty: list at least one { name, resolution, batch_size, steps } table."]
     found = []
@@ -67,10 +72,10 @@ def schedule_problems(config: MultiresConfig, patch: int, active: tuple[str, ...
         if phase.resolution < patch or phase.resolution % patch:
             found.append(f"{where}: resolution {phase.resolution} must be a positive multiple of the patch size {patch}.")
         for name in phase.disabled:
-            if name not in active:
+            if name not in active and name not in configured:
                 found.append(
-                    f"{where}: disabled names {name!r}, which is not an active technique (active: "
-                    f"{', '.join(active)}); fix the name or remove it."
+                    f"{where}: disabled names {name!r}, which is neither an active technique (active: "
+                    f"{', '.join(active)}) nor configured in the recipe; fix the name or remove it."
                 )
             elif name == "multires":
                 found.append(f"{where}: the schedule cannot disable itself.")
@@ -92,7 +97,7 @@ class Multires:
 
     @hookimpl
     def prx_check_recipe(self, recipe: Any, active: tuple[str, ...]) -> list[str]:
-        return schedule_problems(self.config, _patch(recipe), active)
+        return schedule_problems(self.config, _patch(recipe), active, tuple(recipe.techniques))
 
     @hookimpl
     def prx_resolution_schedule(self, recipe: Any) -> list[Phase]:

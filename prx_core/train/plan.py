@@ -20,11 +20,11 @@ def plan_phases(recipe: Recipe, techniques: TechniqueSet) -> list[Phase]:
     phases = list(found[0][1]) if found else [
         Phase("train", recipe.train.steps, recipe.data.resolution, recipe.train.batch_size)]
     for phase in phases:
-        unknown = sorted(set(phase.disabled) - set(techniques.names))
+        unknown = sorted(set(phase.disabled) - set(techniques.names) - set(recipe.techniques))
         if unknown:
-            raise RecipeError(f"phase '{phase.name}' disables {', '.join(unknown)}, which the recipe's `plugins` "
-                              f"does not select ({', '.join(techniques.names) or 'none'}). Fix the phase's "
-                              f"`disabled` list.")
+            raise RecipeError(f"phase '{phase.name}' disables {', '.join(unknown)}, which the recipe neither "
+                              f"selects ({', '.join(techniques.names) or 'none'}) nor configures. Fix the "
+                              f"phase's `disabled` list.")
     return phases
 
 
