@@ -3,11 +3,9 @@ the per-step terms (gradient only through the prediction, the noise gate), the p
 from __future__ import annotations
 
 import os
-import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 
-import lpips
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,7 @@ from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
 from prx_core.recipe.schema import Recipe
-from prx_core.teachers import QUICKSTART_FEATURE_NETWORK, TORCHVISION_VGG16_FILE, load_teacher, teacher_forward_flops
+from prx_core.teachers import QUICKSTART_FEATURE_NETWORK, load_teacher, teacher_forward_flops
 from prx_core.types import Phase, RunContext, StepTensors
 from prx_perceptual import dino_perceptual_loss, downsampled_size, gated_mean, lpips_distance, noise_gate
 from prx_perceptual.config import DinoPerceptualConfig, LpipsConfig
@@ -24,19 +22,6 @@ from prx_perceptual.plugin import DinoPerceptual, Lpips, prx_register_techniques
 from prx_perceptual.terms import DinoPerceptualTerm, LpipsTerm
 
 MODEL = DenoiserConfig(hidden=32, depth=4, heads=2, mlp_ratio=2.0, patch=8, bottleneck=16, text_dim=8)
-
-
-@pytest.fixture(scope="module")
-def vgg(tmp_path_factory):
-    """(path of random VGG16 weights in torchvision's names, the ``lpips.LPIPS`` holding them)."""
-    torch.manual_seed(0)
-    with warnings.catch_warnings():  # lpips calls torchvision with the deprecated `pretrained=`
-        warnings.simplefilter("ignore", UserWarning)
-        reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
-    state = {f"features.{key.split('.', 1)[1]}": value for key, value in reference.net.state_dict().items()}
-    path = tmp_path_factory.mktemp("vgg") / TORCHVISION_VGG16_FILE
-    torch.save(state, path)
-    return path, reference
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +49,8 @@ def half(x: torch.Tensor) -> torch.Tensor:
 # --- plain functions ------------------------------------------------------------------------------
 
 
-def test_lpips_distance_with_the_calibrated_heads_equals_the_lpips_package(vgg):
-    path, reference = vgg
+def test_lpips_distance_with_the_calibrated_heads_equals_the_lpips_package(random_lpips_vgg):
+    path, reference = random_lpips_vgg
     teacher = load_teacher(f"lpips:vgg@{path}")
     x, y = images(2, 32, seed=1), images(2, 32, seed=2)
     ours = lpips_distance(teacher.stages((x + 1) / 2), teacher.stages((y + 1) / 2), list(teacher.stage_weights))
@@ -108,8 +93,8 @@ def test_downsampled_size_keeps_a_minimum_short_side(hw, expected):
 # --- the per-step terms ---------------------------------------------------------------------------
 
 
-def test_lpips_term_is_weighted_gated_lpips_with_gradient_through_the_prediction_only(vgg):
-    path, reference = vgg
+def test_lpips_term_is_weighted_gated_lpips_with_gradient_through_the_prediction_only(random_lpips_vgg):
+    path, reference = random_lpips_vgg
     teacher = load_teacher(f"lpips:vgg@{path}")
     x0 = images(seed=1).requires_grad_(True)
     x0_hat = images(seed=2).requires_grad_(True)

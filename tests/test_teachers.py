@@ -3,11 +3,9 @@ with random weights, saved, and loaded back by ``prx_core.teachers``; missing we
 from __future__ import annotations
 
 import os
-import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 
-import lpips
 import numpy as np
 import pytest
 import timm
@@ -77,19 +75,6 @@ def saved_effnet(tmp_path_factory):
     path = tmp_path_factory.mktemp("effnet") / "lite0.pth"
     torch.save(model.state_dict(), path)
     return path, model
-
-
-@pytest.fixture(scope="module")
-def saved_vgg(tmp_path_factory):
-    """A random-trunk ``lpips.LPIPS`` (the reference) and its VGG16 saved as torchvision names."""
-    torch.manual_seed(0)
-    with warnings.catch_warnings():  # lpips calls torchvision with the deprecated `pretrained=`
-        warnings.simplefilter("ignore", UserWarning)
-        reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
-    state = {f"features.{key.split('.', 1)[1]}": value for key, value in reference.net.state_dict().items()}
-    path = tmp_path_factory.mktemp("vgg") / TORCHVISION_VGG16_FILE
-    torch.save(state, path)
-    return path, reference
 
 
 # --- spec ---------------------------------------------------------------------------------------
@@ -168,8 +153,8 @@ def test_shipped_efficientnet_weights_load_offline_and_recognise_a_photo():
     assert logits.argmax().item() == 652
 
 
-def test_lpips_vgg_teacher_loads_torchvision_weights_from_a_file(saved_vgg):
-    path, reference = saved_vgg
+def test_lpips_vgg_teacher_loads_torchvision_weights_from_a_file(random_lpips_vgg):
+    path, reference = random_lpips_vgg
     teacher = load_teacher(f"lpips:vgg@{path}")
     assert isinstance(teacher, ConvTeacher) and teacher.calibrated
     assert teacher.channels == [64, 128, 256, 512, 512] and teacher.patch == 16
@@ -181,8 +166,8 @@ def test_lpips_vgg_teacher_loads_torchvision_weights_from_a_file(saved_vgg):
         torch.testing.assert_close(weight, lin.model[-1].weight.flatten())
 
 
-def test_lpips_vgg_teacher_finds_the_torch_hub_cache(saved_vgg, tmp_path, monkeypatch):
-    path, reference = saved_vgg
+def test_lpips_vgg_teacher_finds_the_torch_hub_cache(random_lpips_vgg, tmp_path, monkeypatch):
+    path, reference = random_lpips_vgg
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     with pytest.raises(WeightsNotFoundError, match="IMAGENET1K_V1"):
