@@ -28,20 +28,14 @@ from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, v_space_loss
 from prx_muon.optimizer import Muon
 from prx_muon.plugin import block_matrices, newton_schulz_flops_per_step
+from cpu_common import TEXT_DIM, add_model_arguments, synthetic_batch
 
-TEXT_DIM = 384
 SETTINGS = dict(lr=1e-4, momentum=0.95, nesterov=True, weight_decay=0.0)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="prx-small", choices=sorted(PRESETS))
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--text-tokens", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=10, help="timed repetitions of each configuration")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    add_model_arguments(parser, resolution=64, reps=10, warmup=2)
     return parser.parse_args()
 
 
@@ -70,9 +64,7 @@ def main() -> None:
     models = {kind: copy.deepcopy(base) for kind in kinds}
     opts = {kind: optimizers(models[kind], kind) for kind in kinds}
 
-    x0 = torch.rand(args.batch, 3, args.resolution, args.resolution) * 2 - 1
-    text = torch.randn(args.batch, args.text_tokens, TEXT_DIM)
-    mask = torch.ones(args.batch, args.text_tokens, dtype=torch.bool)
+    x0, text, mask = synthetic_batch(args)
 
     def train_step(kind: str) -> tuple[float, float]:
         model = models[kind]

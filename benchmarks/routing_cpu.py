@@ -24,19 +24,13 @@ from prx_core.recipe.schema import Recipe
 from prx_core.types import Phase, RunContext
 from prx_tread.config import TreadConfig
 from prx_tread.plugin import Tread
+from cpu_common import TEXT_DIM, add_model_arguments, synthetic_batch
 
-TEXT_DIM = 384
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="prx-small", choices=sorted(PRESETS))
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--text-tokens", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=6, help="timed repetitions of each kind of step")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    add_model_arguments(parser, resolution=128, reps=6, warmup=1)
     return parser.parse_args()
 
 
@@ -56,9 +50,7 @@ def main() -> None:
 
     model = PRXDenoiser(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x0 = torch.rand(args.batch, 3, args.resolution, args.resolution) * 2 - 1
-    text = torch.randn(args.batch, args.text_tokens, TEXT_DIM)
-    mask = torch.ones(args.batch, args.text_tokens, dtype=torch.bool)
+    x0, text, mask = synthetic_batch(args)
     grid = (args.resolution // config.patch, args.resolution // config.patch)
 
     def train_step(step: int, routed: bool) -> float:
