@@ -113,29 +113,12 @@ class MuonTechnique:
                 "torch.optim.Muon would orthogonalise every shard on its own. Set [muon] implementation to "
                 "\"auto\" or \"prx\"."
             )
+        settings = dict(lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, ns_steps=c.ns_steps,
+                        ns_coefficients=c.ns_coefficients, weight_decay=c.weight_decay, adjust_lr_fn=c.adjust_lr)
         if c.implementation == "torch":
-            return torch.optim.Muon(
-                params,
-                lr=c.lr,
-                weight_decay=c.weight_decay,
-                momentum=c.momentum,
-                nesterov=c.nesterov,
-                ns_coefficients=c.ns_coefficients,
-                ns_steps=c.ns_steps,
-                adjust_lr_fn=c.adjust_lr,
-            )
+            return torch.optim.Muon(params, **settings)
         replicated = dist.group.WORLD if dist.is_initialized() and dist.get_world_size() > 1 else None
-        return Muon(
-            params,
-            lr=c.lr,
-            momentum=c.momentum,
-            nesterov=c.nesterov,
-            ns_steps=c.ns_steps,
-            ns_coefficients=c.ns_coefficients,
-            weight_decay=c.weight_decay,
-            adjust_lr_fn=c.adjust_lr,
-            replicated_group=replicated,
-        )
+        return Muon(params, **settings, replicated_group=replicated)
 
 
 @hookimpl

@@ -56,6 +56,17 @@ def parse_caption(data: bytes, suffix: str, caption_key: str, where: str) -> str
     return value.strip() if isinstance(value, str) else None
 
 
+def captions_by_index(source) -> Iterator[str | None]:
+    """Every caption of a finite source in index order; None where a sample's caption is
+    missing or unreadable (what the text cache builder needs). The ``iter_captions`` of sources
+    that read captions one sample at a time; Parquet reads its caption column instead."""
+    for index in range(len(source)):
+        try:
+            yield source.caption(index)
+        except BadSample:
+            yield None
+
+
 class FolderSource:
     """Images under a directory, each with an optional ``stem.txt`` or ``stem.json`` sidecar."""
 
@@ -115,12 +126,7 @@ class FolderSource:
             raise BadSample("missing", path) from None
         return RawSample(self.key(index), image, self.caption(index))
 
-    def iter_captions(self) -> Iterator[str | None]:
-        for index in range(len(self)):
-            try:
-                yield self.caption(index)
-            except BadSample:
-                yield None
+    iter_captions = captions_by_index
 
 
 class ParquetSource:
@@ -335,12 +341,7 @@ class WebDatasetSource:
         image = files.read_bytes(shard, int(self.index["image_at"][index]), int(self.index["image_size"][index]))
         return RawSample(self.keys[index], image, self.caption(index))
 
-    def iter_captions(self) -> Iterator[str | None]:
-        for index in range(len(self)):
-            try:
-                yield self.caption(index)
-            except BadSample:
-                yield None
+    iter_captions = captions_by_index
 
 
 class SceneSource:

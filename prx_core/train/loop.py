@@ -104,11 +104,12 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         console.log(f"device: {info.device}, processes: {info.world_size} ({info.strategy}), "
                     f"precision: {'bf16 autocast' if trainer.autocast else 'fp32'}")
 
-    saved_at = [trainer.step if checkpoints.latest() is not None else -1]
+    saved_at = trainer.step if checkpoints.latest() is not None else -1
 
     def save(loader) -> None:
-        saved_at[0] = trainer.step
-        positions = {"phase": last_phase, "ranks": D.gather_objects(loader.state_dict(), info)}
+        nonlocal saved_at
+        saved_at = trainer.step
+        positions = {"ranks": D.gather_objects(loader.state_dict(), info)}
         path = save_checkpoint(trainer, checkpoints, info, {"loader": positions})
         console.log(f"checkpoint: {path}")
 
@@ -161,7 +162,6 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     )
                 if log_now:
                     row = read_metrics(metrics, trainer, info, phase, started)
-                    row.pop("images")
                     elapsed = time.monotonic() - window_start
                     row["images_per_s"] = phase.batch_size * window_steps / elapsed
                     row["step_ms"] = 1e3 * elapsed / window_steps
@@ -183,7 +183,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                 if interrupted.flag:
                     console.log(f"interrupted at step {trainer.step}; continue with: prx run ... --resume")
                     return folder.root
-            if saved_at[0] != trainer.step:
+            if saved_at != trainer.step:
                 save(loader)
         finish(trainer, folder, recipe, info, console, started, phases)
     finally:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -187,11 +186,9 @@ class Trainer:
         self.model.train()
         self.term_ms: dict[str, float] = {}
         sums: dict[str, torch.Tensor] = {}
-        images = 0
         for micro in range(accumulation):
             D.set_gradient_sync(self.model, self.info, micro == accumulation - 1)
             batch = next(batches)
-            images += batch.images.shape[0]
             for name, value in self.micro_step(batch, 1.0 / accumulation, timed).items():
                 sums[name] = sums.get(name, 0.0) + value / accumulation
         params = [p for p in self.denoiser.parameters() if p.grad is not None]
@@ -215,7 +212,6 @@ class Trainer:
         self.ema.update(self.step, skip=found_inf)
         metrics = {"loss": loss, **{f"loss/{k}": v for k, v in sums.items()}, "grad_norm": grad_norm}
         metrics["lr"] = torch.tensor(self.recipe.optim.lr * factor)
-        metrics["images"] = torch.tensor(float(images))
         return metrics
 
     @property
@@ -268,6 +264,3 @@ class Trainer:
         self.skipped_total.fill_(int(state["nonfinite_total"]))
         self.techniques.call("prx_load_state_dict", states=state.get("techniques", {}))
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
