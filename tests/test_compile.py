@@ -16,7 +16,7 @@ from prx_core.model.denoiser import PRXDenoiser
 from prx_core.plugins import TechniqueSet, discover
 from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
-from prx_core.train.bench import BenchShape, HostReads, synthetic_batch
+from prx_core.train.bench import BenchShape, HostReads, host_sync_sites, synthetic_batch
 from prx_core.train.nonfinite import honours_found_inf, nonfinite_flag, step_unless
 from prx_core.train.plan import plan_phases
 from prx_core.train.trainer import Trainer
@@ -126,14 +126,34 @@ def stream(trainer: Trainer, poisoned: bool = False):
 def test_the_training_step_reads_nothing_back_to_the_host():
     with HostReads() as control:
         bool(torch.ones(()))
-    assert control.count == 1  # the detector sees a host read
+    assert len(control.sites) == 1  # the detector sees a host read
     trainer = build_trainer('["tread", "muon"]')
     batches = stream(trainer)
     trainer.train_step(batches, 1)  # the first step creates the optimizer state
     with HostReads() as reads:
         metrics = trainer.train_step(batches, 2)
-    assert reads.count == 0
+    assert reads.sites == []
     assert torch.isfinite(metrics["loss"])
+
+
+def test_a_host_read_in_a_loss_term_is_reported_with_the_line_that_made_it():
+    """What `prx bench` prints for each synchronisation: the innermost frame, and the innermost
+    frame outside torch (here the loss term's own line) when the read happened inside torch."""
+    trainer = build_trainer("[]")
+    batches = stream(trainer)
+
+    class ReadsTheNoiseLevel:
+        name = "reads_t"
+
+        def __call__(self, step):
+            return {"reads_t": step.t.mean() * 0 + float(step.t.max())}  # float(): a host read
+
+    trainer.aux_losses = [ReadsTheNoiseLevel()]
+    trainer.aux_owners = ["test"]
+    trainer.train_step(batches, 1)
+    sites = host_sync_sites(trainer, batches)
+    assert len(sites) == 1
+    assert f"{__file__}:" in sites[0] and "float(step.t.max())" in sites[0]
 
 
 # --- non-finite steps, skipped on the device ------------------------------------------------------------

@@ -65,6 +65,9 @@ def bench(args: argparse.Namespace) -> int:
     results = run_bench(recipe, registry, combos, shape, steps=args.steps, warmup=args.warmup, device=device,
                         peak_tflops=args.peak_tflops, done=done)
     console.print(render_table(results))
+    for result in results:
+        for site in result.host_sync_sites:
+            console.print(f"  host sync in {result.combo}: {site}", markup=False, soft_wrap=True)
     out = args.out or Path(recipe.train.runs_dir) / "bench" / f"{recipe.name}.json"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ step in which host-device synchronisations are counted (there should be none).
 from __future__ import annotations
 
 import gc
+import os
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -76,7 +78,8 @@ class BenchResult:
     from building the trainer to the end of the warm-up steps (compilation included);
     ``optimizer_ms`` each optimizer's ``step()`` alone; ``term_ms`` each auxiliary loss
     (forward, one micro-batch);
-    ``host_syncs`` the synchronisations in one step (see :func:`count_host_syncs`);
+    ``host_syncs`` the synchronisations in one step and ``host_sync_sites`` where each happened
+    (see :func:`host_sync_sites`);
     ``peak_mem_mb`` the CUDA allocator's peak (None on other devices); ``mfu`` the denoiser's
     analytic training FLOPs per second over the card's peak (the plain reference step's
     convention; None without a peak); ``tflop_per_image`` counts everything (teachers, optimizer
@@ -97,6 +100,7 @@ class BenchResult:
     optimizer_ms: dict[str, float] = attrs.Factory(dict)
     term_ms: dict[str, float] = attrs.Factory(dict)
     host_syncs: int | None = None
+    host_sync_sites: tuple[str, ...] = ()
     denoiser_tflop_per_image: float = 0.0
     tflop_per_image: float = 0.0
     mfu: float | None = None
@@ -225,39 +229,64 @@ def time_optimizers(trainer: Trainer, batch: Batch, reps: int) -> dict[str, floa
     return out
 
 
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def sync_site(frames: list[traceback.FrameSummary]) -> str:
+    """Where a synchronisation happened, from the Python stack at that moment: the innermost
+    frame (inside torch, or inside inductor's generated code, it says which kernel or library
+    call), then the innermost frame outside torch's own package when that is another one (the
+    caller to change)."""
+    def describe(frame: traceback.FrameSummary) -> str:
+        code = f": {frame.line.strip()}" if frame.line else ""
+        return f"{frame.filename}:{frame.lineno} in {frame.name}{code}"
+
+    innermost = frames[-1]
+    caller = next((f for f in reversed(frames) if not f.filename.startswith(_TORCH_DIR)), innermost)
+    return describe(innermost) if caller is innermost else f"{describe(innermost)} <- {describe(caller)}"
+
+
 class HostReads(TorchDispatchMode):
-    """Counts tensor-to-Python-number reads (``.item()``, ``bool()``, ``int()``, ``float()`` all
-    dispatch ``aten._local_scalar_dense``): on a GPU each one is a host-device synchronisation."""
+    """Records tensor-to-Python-number reads (``.item()``, ``bool()``, ``int()``, ``float()`` all
+    dispatch ``aten._local_scalar_dense``), each with its :func:`sync_site`: on a GPU each one is
+    a host-device synchronisation."""
 
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.sites: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
+            self.sites.append(sync_site(traceback.extract_stack()[:-1]))
         return func(*args, **(kwargs or {}))
 
 
-def count_host_syncs(trainer: Trainer, batches: Iterator[Batch]) -> int | None:
-    """Host-device synchronisations in one optimizer step: CUDA's sync debug mode on a GPU;
-    elsewhere the tensor-to-number reads of an eager model (each would be one on a GPU); None for
-    a compiled model off the GPU, where neither applies."""
+def host_sync_sites(trainer: Trainer, batches: Iterator[Batch]) -> tuple[str, ...] | None:
+    """The host-device synchronisations of one optimizer step, one :func:`sync_site` each: CUDA's
+    sync debug mode on a GPU; elsewhere the tensor-to-number reads of an eager model (each would
+    be one on a GPU); None for a compiled model off the GPU, where neither applies."""
     if trainer.device.type == "cuda":
+        sites: list[str] = []
+
+        def record(message, category, filename, lineno, file=None, line=None) -> None:
+            if "synchroniz" in str(message):
+                sites.append(sync_site(traceback.extract_stack()[:-1]))
+
         previous = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = record  # catch_warnings puts the original back
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 trainer.train_step(batches, 1)
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
-        return sum("synchroniz" in str(w.message) for w in caught)
+        return tuple(sites)
     if trainer.recipe.train.compile:
         return None
     with HostReads() as reads:
         trainer.train_step(batches, 1)
-    return reads.count
+    return tuple(reads.sites)
 
 
 def bench_combo(recipe: Recipe, registry: Registry, combo: Combo, shape: BenchShape, *, steps: int, warmup: int,
@@ -302,14 +331,15 @@ def bench_combo(recipe: Recipe, registry: Registry, combo: Combo, shape: BenchSh
     optimizer_ms = time_optimizers(trainer, batch, optimizer_reps)
     trainer.train_step(stream, 1, timed=True)
     term_ms = dict(trainer.term_ms)
-    host_syncs = count_host_syncs(trainer, stream)
+    sync_sites = host_sync_sites(trainer, stream)
     denoiser_flops, all_flops = flops_per_image(techniques, trainer, phase, variant.text.max_length)
     images_per_s = shape.batch / step_s
     peak = peak_tflops if peak_tflops is not None else (peak_flops("h100") / 1e12 if cuda else None)
     result = BenchResult(
         **identity, step_ms=1e3 * step_s, images_per_s=images_per_s, warmup_s=warmup_s,
         peak_mem_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-        optimizer_ms=optimizer_ms, term_ms=term_ms, host_syncs=host_syncs,
+        optimizer_ms=optimizer_ms, term_ms=term_ms,
+        host_syncs=len(sync_sites) if sync_sites is not None else None, host_sync_sites=sync_sites or (),
         denoiser_tflop_per_image=denoiser_flops / 1e12,
         tflop_per_image=all_flops / 1e12, mfu=denoiser_flops * images_per_s / (peak * 1e12) if peak else None,
         loss=loss,
