@@ -281,17 +281,24 @@ def teacher_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def load_teacher(spec: str, device: torch.device | str = "cpu", *, compile: bool = False) -> FeatureTeacher:
+def teacher_memory_format(device: torch.device | str) -> torch.memory_format:
+    """channels_last on GPU, where cuDNN's bf16 convolutions run NHWC natively (NCHW tensors are
+    transposed around every convolution); convolutions given channels_last weights return
+    channels_last features, so a CNN teacher's whole pass stays NHWC. The CPU keeps the default."""
+    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+
+
+def load_teacher(spec: str, device: torch.device | str = "cpu") -> FeatureTeacher:
     """Load the frozen teacher named by ``spec`` (see module doc) onto ``device``.
 
     Raises :class:`WeightsNotFoundError` naming the weights and how to provide them when they
-    are not on this machine; never returns random weights. ``compile`` wraps the network in
-    ``torch.compile``.
+    are not on this machine; never returns random weights. (With ``[train] compile`` the
+    training step compiles each auxiliary loss as a whole, its teacher passes included.)
     """
     teacher = _build(parse_teacher_spec(spec), weights=True)
     teacher = teacher.to(device=device, dtype=teacher_dtype(device)).eval().requires_grad_(False)
-    if compile:
-        teacher.network.compile()
+    if isinstance(teacher, ConvTeacher):
+        teacher = teacher.to(memory_format=teacher_memory_format(device))
     return teacher
 
 

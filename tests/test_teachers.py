@@ -36,6 +36,7 @@ from prx_core.teachers import (
     teacher_architecture,
     teacher_dtype,
     teacher_forward_flops,
+    teacher_memory_format,
     teacher_tokens_on_grid,
 )
 
@@ -164,6 +165,20 @@ def test_lpips_vgg_teacher_loads_torchvision_weights_from_a_file(random_lpips_vg
         torch.testing.assert_close(got, want)
     for weight, lin in zip(teacher.stage_weights, reference.lins, strict=True):
         torch.testing.assert_close(weight, lin.model[-1].weight.flatten())
+
+
+def test_cnn_teachers_give_the_same_features_in_the_channels_last_layout_used_on_gpu(random_lpips_vgg, saved_effnet):
+    assert teacher_memory_format("cuda") == torch.channels_last
+    assert teacher_memory_format("cpu") == torch.contiguous_format
+    images = torch.rand(2, 3, 32, 32)
+    for spec in (f"lpips:vgg@{random_lpips_vgg[0]}", f"timm:tf_efficientnet_lite0@{saved_effnet[0]}"):
+        teacher = load_teacher(spec)
+        expected = teacher.stages(images)
+        nhwc = teacher.to(memory_format=torch.channels_last)
+        stages = nhwc.stages(images)
+        assert stages[0].is_contiguous(memory_format=torch.channels_last)  # the pass stays NHWC
+        for got, want in zip(stages, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_lpips_vgg_teacher_finds_the_torch_hub_cache(random_lpips_vgg, tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ class _Perceptual:
         return problems
 
     def _load(self, recipe: Any) -> None:
-        self.teacher = load_teacher(self.config.teacher, self.context.device, compile=recipe.train.compile)
+        self.teacher = load_teacher(self.config.teacher, self.context.device)
 
 
 class Lpips(_Perceptual):

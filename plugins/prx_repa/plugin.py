@@ -59,7 +59,7 @@ class Repa:
 
     @hookimpl
     def prx_configure_model(self, model: nn.Module, recipe: Any) -> dict[str, nn.Module]:
-        self.teacher = load_teacher(self.config.teacher, self.context.device, compile=recipe.train.compile)
+        self.teacher = load_teacher(self.config.teacher, self.context.device)
         note = ""
         if isinstance(self.teacher, ConvTeacher):
             note = (" (an ImageNet CNN standing in for the recipe's ViT teacher: its stride-"

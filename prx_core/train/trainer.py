@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
+import attrs
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -40,6 +41,24 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+@attrs.frozen
+class CompiledLoss:
+    """An auxiliary loss whose whole call is one compiled region: the technique's teacher passes
+    (the clean branch without gradient, the prediction branch with it), its resizing, distance
+    and weighting compile and fuse together instead of running as separate kernels around a
+    compiled teacher."""
+
+    name: str
+    call: Callable[[StepTensors], dict[str, torch.Tensor]]
+
+    @classmethod
+    def of(cls, loss: AuxiliaryLoss) -> CompiledLoss:
+        return cls(loss.name, torch.compile(loss.__call__))
+
+    def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
+        return self.call(step)
 
 
 def single(results: list, what: str):
@@ -74,6 +93,7 @@ class Trainer:
             # Every aspect-ratio bucket is a new shape: allow one graph per bucket and phase.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self.forward = torch.compile(self.model) if recipe.train.compile else self.model
+        self.objective_loss = torch.compile(v_space_loss) if recipe.train.compile else v_space_loss
         self.optimizers = self._build_optimizers()
         for opt in self.optimizers.values():
             for group in opt.param_groups:
@@ -128,7 +148,8 @@ class Trainer:
                   for b in found}
         self.capture = tuple(sorted(blocks))
         losses = t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser)
-        self.aux_losses = [loss for _, found in losses for loss in found]
+        self.aux_losses = [CompiledLoss.of(loss) if self.recipe.train.compile else loss
+                           for _, found in losses for loss in found]
         self.aux_owners = [name for name, found in losses for _ in found]
         self.phase = phase
 
@@ -160,7 +181,7 @@ class Trainer:
             trace.record("use", "router.plan", self.router_owner, self.step)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             x0_hat, captured = self.forward(x_t, t, cond.tokens, cond.mask, route, self.capture)
-            terms = {"diffusion": v_space_loss(x0_hat, x0, x_t, t, self.recipe.objective.loss_t_floor)}
+            terms = {"diffusion": self.objective_loss(x0_hat, x0, x_t, t, self.recipe.objective.loss_t_floor)}
             tensors = StepTensors(x0, x_t, t, x0_hat, captured, route, patch, self.step)
             for i, aux in enumerate(self.aux_losses):
                 start = time.perf_counter() if timed else 0.0
