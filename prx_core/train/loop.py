@@ -10,7 +10,6 @@ import torch
 from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
 from prx_core.console import RunConsole
-from prx_core.data.loader import build_loader
 from prx_core.data.schedule import phase_at
 from prx_core.effects import TracedGuidance
 from prx_core.errors import UserError
@@ -23,6 +22,7 @@ from prx_core.recipe.loader import dump_recipe_toml
 from prx_core.recipe.schema import Recipe
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.text import check_declared_dim, load_text_encoder
+from prx_core.train.phase_data import PhaseData
 from prx_core.train.plan import accumulation_steps, plan_phases
 from prx_core.train.state import load_checkpoint, save_checkpoint
 from prx_core.train.trainer import Trainer, single
@@ -87,8 +87,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     checkpoints = CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints)
     loader_state = None
     if resume and checkpoints.latest() is not None:
-        state = load_checkpoint(trainer, checkpoints.latest(), info)
-        loader_state = state.get("loader")
+        loader_state = load_checkpoint(trainer, checkpoints.latest(), info).get("loader")
         console.log(f"resumed from {checkpoints.latest()} at step {trainer.step}")
         if info.is_main:
             folder.truncate_metrics(trainer.step)
@@ -105,12 +104,12 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     f"precision: {'bf16 autocast' if trainer.autocast else 'fp32'}")
 
     saved_at = trainer.step if checkpoints.latest() is not None else -1
+    data = PhaseData(recipe, info, trainer.model_config.patch, text_encoder.fingerprint, loader_state, console.log)
 
-    def save(loader) -> None:
+    def save() -> None:
         nonlocal saved_at
         saved_at = trainer.step
-        positions = {"ranks": D.gather_objects(loader.state_dict(), info)}
-        path = save_checkpoint(trainer, checkpoints, info, {"loader": positions})
+        path = save_checkpoint(trainer, checkpoints, info, {"loader": data.state_dict()})
         console.log(f"checkpoint: {path}")
 
     if trainer.step >= total_steps:  # a finished run resumed: only the final samples, eval and summary remain
@@ -118,29 +117,15 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     logged = folder.read_metrics() if resume else []
     started = time.monotonic() - (logged[-1]["wall_s"] if logged else 0.0)  # wall_s continues across resumes
     window_start, window_steps = time.monotonic(), 0
-    last_phase, loader, batches = None, None, None
+    last_phase, batches = None, None
     try:
         with console, Interrupted() as interrupted:
             while trainer.step < total_steps:
                 index, _ = phase_at(phases, trainer.step)
                 phase = phases[index]
                 if index != last_phase:
-                    # The sample stream continues across phases (the state is resolution-free), so
-                    # phase 2 does not replay phase 1's first samples.
-                    carried = loader.state_dict() if loader is not None else None
-                    if loader is not None:
-                        loader.close()
                     per_device = phase.batch_size // (info.world_size * micro[phase.name])
-                    loader = build_loader(recipe.data, resolution=phase.resolution, batch_size=per_device,
-                                          patch=trainer.model_config.patch, seed=recipe.seed, rank=info.rank,
-                                          world_size=info.world_size, text_fingerprint=text_encoder.fingerprint,
-                                          pin_memory=info.device.type == "cuda")
-                    if loader_state is not None:
-                        restore_loader(loader, loader_state["ranks"], info, console)
-                    elif carried is not None:
-                        loader.load_state_dict(carried)
-                    loader_state = None
-                    batches = iter(loader)
+                    batches = data.start(phase, per_device)
                     trainer.start_phase(phase, index)
                     console.log(f"phase {index} '{phase.name}': {phase.resolution}px, global batch "
                                 f"{phase.batch_size} = {per_device} x {info.world_size} processes x "
@@ -165,7 +150,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     elapsed = time.monotonic() - window_start
                     row["images_per_s"] = phase.batch_size * window_steps / elapsed
                     row["step_ms"] = 1e3 * elapsed / window_steps
-                    row.update({f"data/{k}": v for k, v in loader.stats().items()})
+                    row.update({f"data/{k}": v for k, v in data.stats().items()})
                     window_start, window_steps = time.monotonic(), 0
                     if info.is_main:
                         folder.append_metrics(row)
@@ -176,7 +161,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     write_samples(trainer, folder, recipe, info)
                 out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
                 if trainer.step % recipe.train.checkpoint_every == 0 or interrupted.flag:
-                    save(loader)
+                    save()
                 if out_of_time:
                     console.log(f"[train] max_wall_s = {recipe.train.max_wall_s} reached at step {trainer.step}")
                     break
@@ -184,11 +169,10 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     console.log(f"interrupted at step {trainer.step}; continue with: prx run ... --resume")
                     return folder.root
             if saved_at != trainer.step:
-                save(loader)
+                save()
         finish(trainer, folder, recipe, info, console, started, phases)
     finally:
-        if loader is not None:
-            loader.close()
+        data.close()
         if log_file is not None:
             log_file.close()
         D.shutdown()
@@ -240,16 +224,6 @@ def images_seen(phases, step: int) -> int:
         total += phase.batch_size * max(0, min(step - start, phase.steps))
         start += phase.steps
     return total
-
-
-def restore_loader(loader, states: list[dict], info: D.DistInfo, console: RunConsole) -> None:
-    """Each rank resumes its own loader position; under a different process count the data order
-    cannot be replayed exactly, so the loaders start the phase's data afresh (and say so)."""
-    if len(states) == info.world_size:
-        loader.load_state_dict(states[info.rank])
-    else:
-        console.log(f"resuming on {info.world_size} processes from a checkpoint written by {len(states)}: "
-                    f"model and optimizer state are exact, the data order restarts for this phase")
 
 
 def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, console: RunConsole,

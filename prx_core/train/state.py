@@ -13,7 +13,7 @@ Resharding: states are keyed by parameter name, and DCP stores each tensor with 
 shape and the offsets of its pieces, so a checkpoint written by N FSDP2 processes loads into M
 FSDP2 processes, into DDP or into one process (full tensors); a one-process or DDP checkpoint
 loads into FSDP2 (each rank keeps its shard). The data loader's position is per rank and
-restarts under a different process count (prx_core.train.loop.restore_loader). To have targets
+restarts under a different process count (prx_core.train.phase_data.PhaseData). To have targets
 of the right layout to load into, a fresh optimizer's state is created the way torch's
 ``get_optimizer_state_dict`` does it (one step with zero gradients and a zero learning rate) and
 then overwritten; saving an optimizer that never stepped (every step so far non-finite) creates
