@@ -38,6 +38,7 @@ from prx_core.types import RunContext
 
 TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 CRASH = Path(__file__).parent / "distributed" / "crash_after_step.py"
+MIXED_PRECISION = Path(__file__).parent / "distributed" / "mixed_precision_check.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
 # 2 processes x batch b against 1 process x batch 2b differ only in the order of float sums
@@ -166,6 +167,14 @@ def test_extras_used_outside_the_forward_and_off_in_a_phase(tmp_path, strategy):
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=REL), (strategy, a["step"], key)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp_gathers_bf16_weights_under_bf16_precision_and_keeps_fp32_state():
+    """The checks are in tests/distributed/mixed_precision_check.py (its docstring lists them)."""
+    out = launch([*TORCHRUN, str(MIXED_PRECISION)], "the mixed-precision check")
+    assert "mixed precision check passed" in out
 
 
 @pytest.mark.distributed

@@ -88,7 +88,8 @@ class Trainer:
                     raise RecipeError(f"two techniques attach a module named '{name}' to the model.")
                 denoiser.extras[name] = module
         self.denoiser = denoiser.to(self.device)
-        self.model = D.wrap_model(self.denoiser, info)
+        self.autocast = autocast_dtype(recipe.train.precision, self.device)
+        self.model = D.wrap_model(self.denoiser, info, compute_dtype=self.autocast)
         if recipe.train.compile:
             # Every aspect-ratio bucket is a new shape: allow one graph per bucket and phase.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -99,7 +100,6 @@ class Trainer:
             for group in opt.param_groups:
                 group.setdefault("initial_lr", group["lr"])
         self.ema = EMA(list(self.denoiser.denoiser_parameters()), recipe.optim.ema_decay, recipe.optim.ema_every)
-        self.autocast = autocast_dtype(recipe.train.precision, self.device)
         self.empty = text_encoder.encode([""])
         self.step = 0
         # Skipped (non-finite) optimizer steps, counted on the device and read with the metrics:
