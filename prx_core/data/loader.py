@@ -19,7 +19,6 @@ import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
-import attrs
 from torchdata.nodes import BaseNode, MultiNodeWeightedSampler, ParallelMapper, Prefetcher
 from torchdata.nodes.samplers.stop_criteria import StopCriteria
 
@@ -32,7 +31,6 @@ from prx_core.data.reader import SampleReader
 from prx_core.data.sources import Source, open_source
 from prx_core.data.text_cache import TextCache, cache_location
 from prx_core.errors import DataError, RecipeError
-from prx_core.types import Conditioning
 
 __all__ = ["Batch", "TrainLoader", "build_loader", "open_sources", "mixture_weights"]
 
@@ -86,8 +84,9 @@ def build_loader(
     """The loader of one rank: ``batch_size`` images per batch (this rank's device batch) at
     ``resolution`` (the phase's, which may differ from ``data.resolution``).
 
-    ``pin_memory`` (for CUDA training) hands out batches in page-locked memory, so that the
-    step's ``.to(device, non_blocking=True)`` copies without waiting for the GPU's queue.
+    ``pin_memory`` (for CUDA training) hands out batches assembled in page-locked memory on the
+    prefetch thread, so that the step's ``.to(device, non_blocking=True)`` copies without
+    waiting for the GPU's queue.
 
     ``text_fingerprint`` is the text encoder's fingerprint; it is required when
     ``data.text_cache`` is on, and a cache built by another encoder is refused.
@@ -129,7 +128,6 @@ class TrainLoader:
         pin_memory: bool = False,
     ):
         self.buckets = buckets
-        self.pin_memory = pin_memory
         self.batch_size = batch_size
         self.sources = sources
         self.weights = mixture_weights(data, sources)
@@ -160,6 +158,7 @@ class TrainLoader:
             max_bad_share=data.max_bad_share,
             bad_window=data.bad_window,
             text=text,
+            pin_memory=pin_memory,
         )
         self._root: BaseNode[Emitted] | None = (
             Prefetcher(self._batcher, prefetch_factor=data.prefetch) if data.workers > 0 else self._batcher
@@ -192,7 +191,7 @@ class TrainLoader:
             self._stats = emitted.stats
             if emitted.problem:
                 raise DataError(emitted.problem)
-            yield pinned(emitted.batch) if self.pin_memory else emitted.batch
+            yield emitted.batch
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this rank's stream exactly (plain data and tensors)."""
@@ -232,12 +231,6 @@ class TrainLoader:
         self._batcher = None
         _terminate(self._workers)
         self._workers = set()
-
-
-def pinned(batch: Batch) -> Batch:
-    """``batch`` with its tensors in page-locked host memory."""
-    text = batch.text if batch.text is None else Conditioning(*(t.pin_memory() for t in batch.text))
-    return attrs.evolve(batch, images=batch.images.pin_memory(), text=text)
 
 
 def _terminate(workers: set[multiprocessing.process.BaseProcess]) -> None:
