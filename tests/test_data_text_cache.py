@@ -66,36 +66,42 @@ def test_batches_carry_the_cached_encoding(parquet_data):
 
 
 def test_pinned_batches_are_assembled_on_the_prefetch_thread(parquet_data, monkeypatch):
-    """With pin_memory (CUDA training) the batcher writes the images straight into page-locked
-    memory and pins the cached text, on the loader's prefetch thread, not the training thread.
-    (This machine has no CUDA driver to pin with: the allocations are recorded instead.)"""
+    """With pin_for (CUDA training) the batcher makes the training device current on its thread,
+    writes the images straight into page-locked memory and pins the cached text, on the
+    loader's prefetch thread, not the training thread. (This machine has no CUDA driver: the
+    device switch and the allocations are recorded instead.)"""
     encoder = FakeEncoder()
     _build(parquet_data, encoder)
     data = attrs.evolve(parquet_data, workers=1)
     options = dict(resolution=32, batch_size=6, patch=16, seed=0, text_fingerprint=encoder.fingerprint)
-    expected = [next(iter(build_loader(data, **options)))]
-    pinned_on: list[tuple[str, str]] = []
-    empty, pin = torch.empty, torch.Tensor.pin_memory
+    expected = next(iter(build_loader(data, **options)))
+    calls: list[tuple[str, str]] = []
+    empty = torch.empty
+
+    def record(what: str) -> None:
+        calls.append((what, threading.current_thread().name))
 
     def empty_recording(*args, pin_memory=False, **kwargs):
         if pin_memory:
-            pinned_on.append(("images", threading.current_thread().name))
+            record("images")
         return empty(*args, **kwargs)
 
     def pin_recording(tensor):
-        pinned_on.append(("text", threading.current_thread().name))
+        record("text")
         return tensor.clone()
 
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: record(f"device {device}"))
     monkeypatch.setattr(torch, "empty", empty_recording)
     monkeypatch.setattr(torch.Tensor, "pin_memory", pin_recording)
-    loader = build_loader(data, **options, pin_memory=True)
+    loader = build_loader(data, **options, pin_for=torch.device("cuda", 1))
     batch = next(iter(loader))
     loader.close()
     monkeypatch.undo()
-    assert pinned_on and [what for what, _ in pinned_on][:3] == ["images", "text", "text"]
-    assert threading.main_thread().name not in {thread for _, thread in pinned_on}
-    assert torch.equal(batch.images, expected[0].images) and batch.ids == expected[0].ids
-    assert torch.equal(batch.text.tokens, expected[0].text.tokens) and torch.equal(batch.text.mask, expected[0].text.mask)
+    assert [what for what, _ in calls][:4] == ["device cuda:1", "images", "text", "text"]
+    assert threading.main_thread().name not in {thread for _, thread in calls}
+    assert torch.equal(batch.images, expected.images) and batch.ids == expected.ids
+    assert torch.equal(batch.text.tokens, expected.text.tokens) and torch.equal(batch.text.mask, expected.text.mask)
 
 
 def test_identical_captions_are_stored_once(parquet_data):

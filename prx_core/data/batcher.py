@@ -60,6 +60,14 @@ def batch_images(pixels: list[np.ndarray], pin_memory: bool) -> torch.Tensor:
     return images
 
 
+def use_device(device: torch.device) -> None:
+    """Make ``device`` this thread's current CUDA device before pinning: page-locked memory is
+    allocated in the current device's context, and a new thread starts on device 0, where every
+    rank would otherwise create a context of its own."""
+    if device.index is not None and torch.cuda.current_device() != device.index:
+        torch.cuda.set_device(device)
+
+
 class BadDataWindow:
     """The bad samples among the last ``window`` samples seen; too many of them is a DataError."""
 
@@ -109,9 +117,10 @@ class BucketBatcher(BaseNode[Emitted]):
 
     ``source`` is the decoding map (torchdata ``ParallelMapper``); ``reader`` re-reads the
     buffered samples on resume; ``names`` are the sources' id prefixes and ``labels`` their
-    descriptions for error messages. With ``pin_memory`` (CUDA training) the batch is assembled
-    in page-locked memory, here, on the loader's prefetch thread: the training thread's
-    ``.to(device, non_blocking=True)`` then neither waits for the GPU nor copies on the host.
+    descriptions for error messages. With ``pin_for`` (the CUDA device of the training) the batch
+    is assembled in page-locked memory, here, on the loader's prefetch thread: the training
+    thread's ``.to(device, non_blocking=True)`` then neither waits for the GPU nor copies on the
+    host.
     """
 
     def __init__(
@@ -125,10 +134,10 @@ class BucketBatcher(BaseNode[Emitted]):
         max_bad_share: float,
         bad_window: int,
         text: TextCache | None,
-        pin_memory: bool = False,
+        pin_for: torch.device | None = None,
     ):
         super().__init__()
-        self.pin_memory = pin_memory
+        self.pin_for = pin_for
         self.source, self.reader = source, reader
         self.batch_size, self.names, self.labels = batch_size, names, labels
         self.max_bad_share, self.bad_window = max_bad_share, bad_window
@@ -189,8 +198,10 @@ class BucketBatcher(BaseNode[Emitted]):
                 text = self.text.lookup(captions)
             except DataError as err:
                 return Emitted(None, dict(self._stats), str(err))
-        images = batch_images([item.pixels for item in items], self.pin_memory)
-        if text is not None and self.pin_memory:
+        if self.pin_for is not None:
+            use_device(self.pin_for)
+        images = batch_images([item.pixels for item in items], pin_memory=self.pin_for is not None)
+        if text is not None and self.pin_for is not None:
             text = Conditioning(text.tokens.pin_memory(), text.mask.pin_memory())
         ids = [f"{self.names[item.slot]}:{item.key}" for item in items]
         self._stats["batches"] += 1

@@ -19,6 +19,7 @@ import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torchdata.nodes import BaseNode, MultiNodeWeightedSampler, ParallelMapper, Prefetcher
 from torchdata.nodes.samplers.stop_criteria import StopCriteria
 
@@ -79,14 +80,14 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     text_fingerprint: dict | None = None,
-    pin_memory: bool = False,
+    pin_for: torch.device | None = None,
 ) -> TrainLoader:
     """The loader of one rank: ``batch_size`` images per batch (this rank's device batch) at
     ``resolution`` (the phase's, which may differ from ``data.resolution``).
 
-    ``pin_memory`` (for CUDA training) hands out batches assembled in page-locked memory on the
-    prefetch thread, so that the step's ``.to(device, non_blocking=True)`` copies without
-    waiting for the GPU's queue.
+    ``pin_for`` (the CUDA device of the training) hands out batches assembled in page-locked
+    memory on the prefetch thread, so that the step's ``.to(device, non_blocking=True)`` copies
+    without waiting for the GPU's queue.
 
     ``text_fingerprint`` is the text encoder's fingerprint; it is required when
     ``data.text_cache`` is on, and a cache built by another encoder is refused.
@@ -104,7 +105,7 @@ def build_loader(
         text = TextCache(text_cache_dirs(data, sources), text_fingerprint)
     return TrainLoader(
         data, sources, buckets, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, text=text,
-        pin_memory=pin_memory,
+        pin_for=pin_for,
     )
 
 
@@ -125,7 +126,7 @@ class TrainLoader:
         rank: int,
         world_size: int,
         text: TextCache | None,
-        pin_memory: bool = False,
+        pin_for: torch.device | None = None,
     ):
         self.buckets = buckets
         self.batch_size = batch_size
@@ -158,7 +159,7 @@ class TrainLoader:
             max_bad_share=data.max_bad_share,
             bad_window=data.bad_window,
             text=text,
-            pin_memory=pin_memory,
+            pin_for=pin_for,
         )
         self._root: BaseNode[Emitted] | None = (
             Prefetcher(self._batcher, prefetch_factor=data.prefetch) if data.workers > 0 else self._batcher

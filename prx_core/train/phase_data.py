@@ -40,7 +40,7 @@ class PhaseData:
         self.loader = build_loader(self.recipe.data, resolution=phase.resolution, batch_size=per_device_batch,
                                    patch=self.patch, seed=self.recipe.seed, rank=info.rank,
                                    world_size=info.world_size, text_fingerprint=self.text_fingerprint,
-                                   pin_memory=info.device.type == "cuda")
+                                   pin_for=info.device if info.device.type == "cuda" else None)
         if self.resumed is not None:
             self._restore(self.resumed["ranks"])
         elif carried is not None:
