@@ -34,6 +34,14 @@ def resolve_location(spec: str) -> str:
     return str(Path(list(found.submodule_search_locations)[0]) / sub)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to ``device`` without a synchronisation: a copy from pageable memory makes the
+    CPU wait for the GPU's queue, one from page-locked memory does not."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 class TextEncoder(nn.Module):
     """A frozen encoder: ``encode(captions) -> Conditioning`` with a fixed length ``max_length``.
 
@@ -62,10 +70,11 @@ class TextEncoder(nn.Module):
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
             captions, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(device)
+        )
+        ids, attention = (to_device(tokens[key], device) for key in ("input_ids", "attention_mask"))
         with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
-        return hidden.float(), tokens["attention_mask"].bool()
+            hidden = self.model(input_ids=ids, attention_mask=attention).last_hidden_state
+        return hidden.float(), attention.bool()
 
     def encode(self, captions: list[str]) -> Conditioning:
         missing = sorted({c for c in captions if c not in self._memo})
