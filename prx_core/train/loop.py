@@ -171,6 +171,9 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
             if saved_at != trainer.step:
                 save()
         finish(trainer, folder, recipe, info, console, started, phases)
+        # Rank 0 evaluates alone; the others wait for it so that every rank takes its process
+        # group down together (once, a gloo rank that left early aborted at exit in the tests).
+        D.barrier(info)
     finally:
         data.close()
         if log_file is not None:
