@@ -198,10 +198,11 @@ class BucketBatcher(BaseNode[Emitted]):
                 text = self.text.lookup(captions)
             except DataError as err:
                 return Emitted(None, dict(self._stats), str(err))
-        if self.pin_for is not None:
+        pin = self.pin_for is not None
+        if pin:
             use_device(self.pin_for)
-        images = batch_images([item.pixels for item in items], pin_memory=self.pin_for is not None)
-        if text is not None and self.pin_for is not None:
+        images = batch_images([item.pixels for item in items], pin_memory=pin)
+        if pin and text is not None:
             text = Conditioning(text.tokens.pin_memory(), text.mask.pin_memory())
         ids = [f"{self.names[item.slot]}:{item.key}" for item in items]
         self._stats["batches"] += 1
