@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from prx_core.model.config import PRESETS
+from prx_core.model.config import PRESETS, DenoiserConfig
 
 TEXT_DIM = 384
 
@@ -18,6 +18,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, resolution: int, reps: 
     parser.add_argument("--reps", type=int, default=reps, help="timed repetitions of each configuration")
     parser.add_argument("--warmup", type=int, default=warmup)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+
+
+def model_config(args: argparse.Namespace) -> DenoiserConfig:
+    """Apply ``--threads`` and seed torch, then the denoiser shape of ``--preset``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return DenoiserConfig(**PRESETS[args.preset], text_dim=TEXT_DIM)
 
 
 def synthetic_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

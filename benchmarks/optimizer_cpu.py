@@ -23,12 +23,11 @@ import time
 
 import torch
 
-from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, v_space_loss
 from prx_muon.optimizer import Muon
 from prx_muon.plugin import block_matrices, newton_schulz_flops_per_step
-from cpu_common import TEXT_DIM, add_model_arguments, synthetic_batch
+from cpu_common import add_model_arguments, model_config, synthetic_batch
 
 SETTINGS = dict(lr=1e-4, momentum=0.95, nesterov=True, weight_decay=0.0)
 
@@ -55,10 +54,7 @@ def optimizers(model: PRXDenoiser, kind: str) -> list[torch.optim.Optimizer]:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    config = DenoiserConfig(**PRESETS[args.preset], text_dim=TEXT_DIM)
+    config = model_config(args)
     base = PRXDenoiser(config)
     kinds = ("adamw", "muon-torch", "muon-prx")
     models = {kind: copy.deepcopy(base) for kind in kinds}

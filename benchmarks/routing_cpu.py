@@ -16,7 +16,6 @@ import time
 
 import torch
 
-from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.model.flops import tokens_for, train_flops_per_image
 from prx_core.objective import add_noise, v_space_loss
@@ -24,7 +23,7 @@ from prx_core.recipe.schema import Recipe
 from prx_core.types import Phase, RunContext
 from prx_tread.config import TreadConfig
 from prx_tread.plugin import Tread
-from cpu_common import TEXT_DIM, add_model_arguments, synthetic_batch
+from cpu_common import add_model_arguments, model_config, synthetic_batch
 
 
 
@@ -36,10 +35,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    config = DenoiserConfig(**PRESETS[args.preset], text_dim=TEXT_DIM)
+    config = model_config(args)
     phase = Phase("bench", steps=args.reps, resolution=args.resolution, batch_size=args.batch)
     tread = Tread(TreadConfig(), RunContext(recipe=Recipe(), seed=0))
     router = tread.prx_routing(phase, config)

@@ -20,6 +20,7 @@ from prx_core.ablation.design import (
 )
 from prx_core.ablation.report import build_report
 from prx_core.ablation.runner import DEFAULT_LAUNCHER, run_ablation
+from prx_core.cli.common import add_set_argument
 from prx_core.errors import PluginError, RecipeError, UserError
 from prx_core.plugins import TechniqueSet, discover, selection_problems, unknown_technique_problems
 from prx_core.recipe.loader import load_recipe
@@ -51,8 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="seeds per variant: the recipe's seed + 0..K-1")
     p.add_argument("--budget", default="steps", metavar="steps|wall:SECONDS",
                    help="equal steps ([train] steps) or equal wall-clock per run (default: steps)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override a recipe value in every run (repeatable)")
+    add_set_argument(p, "override a recipe value in every run (repeatable), e.g. --set train.steps=300")
     p.add_argument("--out", type=Path, help="ablation folder (default: [train] runs_dir/ablate-NAME-DESIGN)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="runs at once; each gets cores/N CPU threads and cores (default: 1)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from prx_core.cli.common import add_set_argument
 from prx_core.data.config import DataConfig
 from prx_core.data.inspection import Inspection, contact_sheet, data_for_path, inspect_data, length_stats
 from prx_core.errors import DataError
 
-SET_HELP = "override a recipe value (repeatable), e.g. --set data.resolution=256"
+DATA_SET_HELP = "override a recipe value (repeatable), e.g. --set data.resolution=256"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("source", nargs="?", metavar="SOURCE", help="path, glob, brace range, URL or 'scenes'")
     inspect.add_argument("--kind", choices=("folder", "parquet", "webdataset", "scenes"), help="default: guessed")
     inspect.add_argument("--recipe", metavar="RECIPE", help="inspect this recipe's [data] sources instead")
-    inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    add_set_argument(inspect, DATA_SET_HELP)
     inspect.add_argument("--resolution", type=int, help="target side (default: the recipe's, else 512)")
     inspect.add_argument("--patch", type=int, help="patch size (default: the recipe model's, else 32)")
     inspect.add_argument("--no-buckets", action="store_true", help="square centre crops instead of buckets")
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "read them instead of running the encoder; a cache built by another encoder or max length is refused.",
     )
     cache.add_argument("--recipe", required=True, metavar="RECIPE", help="recipe whose [data] and [text] to use")
-    cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    add_set_argument(cache, DATA_SET_HELP)
     cache.add_argument("--batch-size", type=int, default=64, help="captions per encoder call (default: 64)")
     cache.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     cache.add_argument("--force", action="store_true", help="replace an existing cache built differently")

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from prx_core.cli.common import add_set_argument
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -16,8 +18,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("checkpoint", help="run folder (runs/NAME), its checkpoints/ folder or one step folder")
     p.add_argument("--out", type=Path, default=None, help="where to write the JSON (default: RUN/eval.json)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override the run's recipe, e.g. --set eval.steps=50")
+    add_set_argument(p, "override the run's recipe, e.g. --set eval.steps=50")
     p.set_defaults(func=run)
 
 

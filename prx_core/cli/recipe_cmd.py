@@ -5,14 +5,9 @@ import argparse
 import sys
 
 from prx_core import plugins
+from prx_core.cli.common import add_set_argument
 from prx_core.recipe.loader import dump_recipe_toml, load_recipe
 from prx_core.types import RunContext
-
-SET_HELP = (
-    "override one setting, e.g. --set train.steps=100 or --set plugins='[\"tread\",\"repa\"]' "
-    "(the value is read as TOML, else as plain text; repeatable; wins over the recipe file)"
-)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "default filled in. The output is itself a recipe: save it and run it to repeat the exact settings.",
     )
     show.add_argument("recipe", metavar="RECIPE", help="path to a recipe file, e.g. recipes/quickstart.toml")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    add_set_argument(show)
     show.set_defaults(func=_show)
 
     validate = actions.add_parser(
@@ -40,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Exit code 0 when the recipe can run, 2 with the problems listed otherwise.",
     )
     validate.add_argument("recipe", metavar="RECIPE", help="path to a recipe file, e.g. recipes/speedrun.toml")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    add_set_argument(validate)
     validate.set_defaults(func=_validate)
 
 

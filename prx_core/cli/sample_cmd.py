@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from prx_core.cli.common import add_set_argument
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -22,8 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default=None, help="HEIGHTxWIDTH in pixels, multiples of the patch (default: the "
                    "last phase's resolution, square)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override the run's recipe, e.g. --set sample.sampler=heun")
+    add_set_argument(p, "override the run's recipe, e.g. --set sample.sampler=heun")
     p.set_defaults(func=run)
 
 
