@@ -1,6 +1,4 @@
 """``python -m prx_core ...`` (what ``torchrun`` runs) is the ``prx`` command."""
-import sys
+from prx_core.cli import entry
 
-from prx_core.cli import main
-
-sys.exit(main())
+entry()

@@ -7,7 +7,12 @@ by rank 0 (prx_core.train.state).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
 
 import attrs
 import torch
@@ -142,6 +147,47 @@ def barrier(info: DistInfo) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(entry: Callable[[], int | None]) -> NoReturn:
+    """Run ``entry`` (a command's ``main``) and end the process with its exit code.
+
+    One of several processes (``WORLD_SIZE`` > 1, as torchrun and SLURM launch them) ends without
+    interpreter finalization: ``atexit`` handlers run, output is flushed, then ``os._exit``. The
+    reason is torch, not us: ``destroy_process_group()`` does not stop gloo's worker threads while
+    something still references the process group, and DTensor's global caches keep the
+    ``DeviceMesh`` of every FSDP2 parameter, which holds the group. A worker thread that drops its
+    last reference to a finished collective's tensor after the interpreter has begun to finalize
+    must take the GIL, which finalization refuses by ending the thread (``pthread_exit``); that
+    unwinds through a ``noexcept`` C++ destructor and calls ``std::terminate``: "terminate called
+    without an active exception", SIGABRT, a failed run after a successful one. Whether the worker
+    is that late depends on scheduling, so it struck at random, more often on a loaded machine.
+    Without finalization no thread can be ended that way. A single process exits normally.
+    """
+    try:
+        code = entry()
+    except SystemExit as stop:
+        code = stop.code
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001 - printed as Python would, then the same exit path
+        traceback.print_exc()
+        code = 1
+    code = 0 if code is None else code
+    if not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    if code == 0:  # after a failure a peer may sit in a collective, and destroying the group would wait for it
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 def gather_objects(obj, info: DistInfo) -> list:

@@ -56,7 +56,7 @@ SETTINGS = {
 
 def launch(command: list[str], what: str) -> str:
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
+    if done.returncode != 0 or "terminate called" in done.stderr:
         raise AssertionError(f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
     return done.stdout
 
@@ -318,3 +318,43 @@ def test_a_damaged_shard_is_refused_before_it_is_read(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupted"):
         read_ema(folder)
+
+
+EXIT_PROBE = """
+import atexit, sys
+from prx_core.distributed import exit_process
+
+class Finalized:
+    def __del__(self):
+        sys.stdout.write("finalized\\n")
+
+KEEP = Finalized()                          # collected only if the interpreter finalizes
+atexit.register(lambda: sys.stdout.write("atexit ran\\n"))
+sys.stdout.write("buffered, not flushed\\n")  # stdout is a pipe: block-buffered until the exit flushes it
+
+def entry():
+    if sys.argv[1] == "raise":
+        raise ValueError("a bug in a command")
+    return int(sys.argv[1])
+
+exit_process(entry)
+"""
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_exit_process_keeps_the_exit_code_and_output_and_skips_finalization_in_a_process_group(world_size):
+    """Under torchrun (WORLD_SIZE > 1) a command ends without interpreter finalization, so no gloo
+    worker thread can be ended mid-destructor by it (the SIGABRT at exit that failed random
+    distributed tests); atexit handlers still run and nothing printed is lost. One process exits
+    as Python does."""
+    env = {**ENV, "WORLD_SIZE": str(world_size)}
+    done = subprocess.run([sys.executable, "-c", EXIT_PROBE, "3"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["buffered, not flushed", "atexit ran"], lines
+    assert ("finalized" in lines) == (world_size == 1), lines
+
+    failed = subprocess.run([sys.executable, "-c", EXIT_PROBE, "raise"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert failed.returncode == 1
+    assert "ValueError: a bug in a command" in failed.stderr and "Traceback" in failed.stderr

@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 
+from prx_core.distributed import exit_process
 from prx_core.errors import UserError
 
 COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost", "export", "bench")
@@ -33,3 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def entry() -> None:
+    """The ``prx`` console script and ``python -m prx_core``: :func:`main`, then the exit that
+    is safe under torchrun (:func:`prx_core.distributed.exit_process`)."""
+    exit_process(main)

@@ -14,6 +14,7 @@ import signal
 import sys
 
 from prx_core.cli import main
+from prx_core.distributed import exit_process
 from prx_core.train.trainer import Trainer
 
 
@@ -31,4 +32,4 @@ def crash_after(step: int) -> None:
 
 if __name__ == "__main__":
     crash_after(int(sys.argv[1]))
-    sys.exit(main(["run", *sys.argv[2:]]))
+    exit_process(lambda: main(["run", *sys.argv[2:]]))

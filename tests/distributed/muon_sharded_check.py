@@ -36,6 +36,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_muon.optimizer import Muon
+from prx_core.distributed import exit_process
 from prx_core.errors import RecipeError
 from prx_core.types import RunContext
 from prx_muon.plugin import MuonConfig, MuonTechnique, block_matrices
@@ -170,4 +171,4 @@ def main(scratch: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    exit_process(lambda: main(sys.argv[1]))
