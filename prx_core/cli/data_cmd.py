@@ -7,7 +7,7 @@ import sys
 
 from prx_core.cli.common import add_set_argument
 from prx_core.data.config import DataConfig
-from prx_core.data.inspection import Inspection, contact_sheet, data_for_path, inspect_data, length_stats
+from prx_core.data.inspection import Inspection, SourceSummary, contact_sheet, data_for_path, inspect_data, length_stats
 from prx_core.errors import DataError
 
 DATA_SET_HELP = "override a recipe value (repeatable), e.g. --set data.resolution=256"
@@ -96,10 +96,16 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(source: SourceSummary) -> str:
+    if source.size is not None:
+        return f"{source.size:,}"
+    return "infinite" if source.kind == "scenes" else "unknown"
+
+
 def _rows(report: Inspection) -> dict[str, list[list[str]]]:
     """Every table of the report as rows of strings (shared by the rich and plain output)."""
     sources = [
-        [s.name, s.kind, "infinite" if s.size is None else f"{s.size:,}", f"{s.weight:.3f}", s.description]
+        [s.name, s.kind, _size(s), f"{s.weight:.3f}", s.description]
         for s in report.sources
     ]
     peak = max(report.bucket_counts) or 1

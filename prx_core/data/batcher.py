@@ -3,7 +3,8 @@
 :class:`BucketBatcher` is the torchdata node after the decoding map. It keeps one buffer per
 bucket and emits a batch as soon as a bucket holds ``batch_size`` samples. Its state is small
 and does not depend on the resolution: the sampler's position, the ids of the samples waiting
-in buffers (re-read on resume, in arrival order, so the buffers come back exactly), the counts,
+in buffers (re-read on resume, in arrival order, so the buffers come back exactly; a streaming
+source's are stored whole, as it cannot be re-read), the counts,
 and the recent bad samples. Loading a state saved at another resolution or batch size (the
 phase boundary of a resolution schedule) continues the same sample stream in the new buckets.
 """
@@ -18,6 +19,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from prx_core.data.reader import Loaded, Rejected, SampleReader
+from prx_core.data.sources import RawSample
 from prx_core.data.text_cache import TextCache
 from prx_core.errors import DataError
 from prx_core.types import Conditioning
@@ -156,8 +158,9 @@ class BucketBatcher(BaseNode[Emitted]):
         self.source.reset(_mapper_state(initial_state["sampler"], self._parallel))
         self._stats.update(initial_state["stats"])
         self._guard.load(initial_state["guard"])
-        for slot, index in initial_state["pending"]:
-            item = self.reader((int(slot), int(index)))
+        for slot, index, *stored in initial_state["pending"]:
+            carried = (RawSample(str(stored[0]), bytes(stored[1]), stored[2]),) if stored else ()
+            item = self.reader((int(slot), int(index), *carried))
             if isinstance(item, Loaded):
                 self._buffer(item)
 
@@ -208,15 +211,19 @@ class BucketBatcher(BaseNode[Emitted]):
         self._stats["batches"] += 1
         return Emitted(Batch(images=images, captions=captions, ids=ids, text=text), dict(self._stats))
 
-    def pending(self) -> list[tuple[int, int]]:
-        """(slot, index) of the buffered samples, in arrival order."""
-        waiting = sorted((seq, item) for bucket in self._buffers for seq, item in bucket)
-        return [(item.slot, item.index) for _, item in waiting]
+    def pending(self) -> list[list]:
+        """``[slot, index]`` of the buffered samples, in arrival order; a streaming source's
+        samples cannot be re-read, so theirs are ``[slot, -1, key, image bytes, caption]``."""
+        waiting = sorted(((seq, item) for bucket in self._buffers for seq, item in bucket), key=lambda e: e[0])
+        return [
+            [item.slot, item.index] + ([item.raw.key, item.raw.image, item.raw.caption] if item.raw else [])
+            for _, item in waiting
+        ]
 
     def get_state(self) -> dict[str, Any]:
         return {
             "sampler": _sampler_state(self.source.state_dict()),
-            "pending": [list(ref) for ref in self.pending()],
+            "pending": self.pending(),
             "stats": dict(self._stats),
             "guard": self._guard.state(),
         }

@@ -9,6 +9,8 @@ A recipe lists its sources as an array of tables::
         { kind = "parquet", path = "/data/flux-1.7m", weight = 1.7 },
         { kind = "webdataset", path = "s3://bucket/reason-{000000..000599}.tar" },
         { kind = "folder", path = "/data/mj-v6" },
+        { kind = "hf", path = "user/captioned-images", streaming = true, weight = 0.5 },
+        { kind = "mds", path = "s3://bucket/prx-mds", cache_dir = "/scratch/mds" },
     ]
 """
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Literal
 
 import attrs
 
-SOURCE_KINDS = ("folder", "parquet", "webdataset", "scenes")
+SOURCE_KINDS = ("folder", "parquet", "webdataset", "hf", "mds", "scenes")
+SCENE_SPLITS = ("train", "eval")
 
 
 @attrs.define(kw_only=True)
@@ -26,33 +29,61 @@ class SourceConfig:
 
     - ``kind``: "folder" (images with ``.txt``/``.json`` caption sidecars of the same stem,
       searched recursively), "parquet" (shards with an image column and a caption column),
-      "webdataset" (tar shards of ``key.jpg|png|webp`` + ``key.txt|json``) or "scenes" (the
-      embedded procedural generator: infinite, rendered directly at the bucket size).
+      "webdataset" (tar shards of ``key.jpg|png|webp`` + ``key.txt|json``), "hf" (a Hugging Face
+      dataset: a ``save_to_disk`` directory, a local dataset directory that
+      ``datasets.load_dataset`` reads, or a hub id; needs ``pip install 'prx[hf]'``), "mds"
+      (MosaicML streaming shards: a directory with ``index.json``, or whose sub-directories hold
+      one each) or "scenes" (the embedded procedural generator: infinite, rendered directly at
+      the bucket size).
     - ``path``: a directory, a file, a glob (``shards/*.parquet``) or a brace range
       (``train-{000000..000099}.tar``); local, or any fsspec URL (``s3://...``) when fsspec and
-      the filesystem's driver are installed. Not used by "scenes".
+      the filesystem's driver are installed. A hub id (``user/name``) for "hf". Not used by
+      "scenes".
     - ``name``: the prefix of this source's sample ids (``name:sample-id``) and the key of its
       text cache; default: the last path component (``"scenes"`` for scenes).
     - ``weight``: share of the mixture, relative to the other sources' weights. Default: the
-      source's size (natural proportions); required for every source when one is "scenes"
-      (infinite).
-    - ``image_column`` / ``caption_column`` / ``id_column`` (parquet): column names; the image
-      column holds raw bytes or a ``{bytes, path}`` struct (as Hugging Face datasets write it);
-      without ``id_column`` a sample's id is ``<file stem>/<row>``.
-    - ``caption_key``: the key holding the caption in ``.json`` sidecars (folder, webdataset).
-    - ``split``: which split of the scene generator to draw ("train", or "eval" for held-out
-      combinations).
+      source's size (natural proportions); required for every source when one is "scenes" or
+      a streaming "hf" source (infinite, or of unknown size).
+    - ``image_column`` / ``caption_column`` (parquet, hf, mds): column names. Default: detected
+      (the column of image type, else one named image/img/jpg/png/...; the text column named
+      caption/text/prompt/..., else the only text column); when it cannot decide, the error
+      lists the columns. The image column holds encoded bytes, a ``{bytes, path}`` struct (as
+      Hugging Face datasets write it) or a path; a caption column may hold a list of captions
+      (the first non-empty one is used).
+    - ``id_column`` (parquet, hf, mds): a column of sample ids; default: ``<file stem>/<row>``
+      (parquet), the row number (hf), ``<shard>/<row>`` (mds, streaming hf).
+    - ``caption_key``: the key holding the caption in ``.json`` sidecars (folder, webdataset)
+      and in "json"-encoded MDS caption columns.
+    - ``split``: "scenes": which split of the generator to draw ("train", or "eval" for
+      held-out combinations); "hf": the dataset split (default "train").
+    - ``subset`` (hf): the dataset's configuration name, for hub datasets that have several.
+    - ``streaming`` (hf): read the dataset as a stream (``datasets``' streaming mode: nothing
+      is downloaded or converted up front) instead of by random access. Each rank reads its own
+      shards (or every n-th row when there are fewer shards than ranks) and shuffles
+      ``[data] shuffle_window`` samples at a time; a resume re-reads at most one window.
+    - ``cache_dir``: hf: the ``datasets`` cache (downloads and Arrow copies; default:
+      ``datasets``' own, ``~/.cache/huggingface/datasets``); mds: where remote shards are
+      downloaded and compressed shards decompressed (required for a URL; default for local
+      compressed shards: a ``.prx-mds-cache`` folder next to ``index.json``).
     """
 
-    kind: Literal["folder", "parquet", "webdataset", "scenes"]
+    kind: Literal["folder", "parquet", "webdataset", "hf", "mds", "scenes"]
     path: str = ""
     name: str = ""
     weight: float | None = None
-    image_column: str = "image"
-    caption_column: str = "caption"
+    image_column: str = ""
+    caption_column: str = ""
     id_column: str = ""
     caption_key: str = "caption"
-    split: Literal["train", "eval"] = "train"
+    split: str = "train"
+    subset: str = ""
+    streaming: bool = False
+    cache_dir: str = ""
+
+    @property
+    def infinite(self) -> bool:
+        """True when the source has no size to weigh it by (scenes, a streaming dataset)."""
+        return self.kind == "scenes" or (self.kind == "hf" and self.streaming)
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -78,8 +109,11 @@ class DataConfig:
     - ``max_bad_share`` / ``bad_window``: the run stops with a ``DataError`` naming the source and
       the sample ids when more than this share of the last ``bad_window`` samples were unusable
       (unreadable, truncated, empty, without caption, too small, unsupported pixel mode).
-    - ``shuffle_row_groups``: Parquet row groups whose rows are shuffled together. Rows are read
-      a whole row group at a time, so each worker keeps this many row groups in memory.
+    - ``shuffle_row_groups``: Parquet row groups (and compressed or remote MDS shards) whose
+      rows are shuffled together. Rows are read a whole row group at a time, so each worker
+      keeps this many row groups in memory.
+    - ``shuffle_window``: samples of a streaming "hf" source read ahead and shuffled together
+      (held in memory as encoded bytes; a resume re-reads the current window).
     - ``text_cache``: take text-encoder outputs from a cache built by ``prx data cache`` instead
       of running the encoder in the training step (not available for "scenes").
     - ``text_cache_dir``: where caches live, one sub-folder per source name; default: a
@@ -95,6 +129,7 @@ class DataConfig:
     max_bad_share: float = 0.1
     bad_window: int = 1000
     shuffle_row_groups: int = 4
+    shuffle_window: int = 1000
     text_cache: bool = False
     text_cache_dir: str = ""
 
@@ -117,6 +152,8 @@ class DataConfig:
             found.append(f"[data] bad_window must be >= 1, got {self.bad_window}.")
         if self.shuffle_row_groups < 1:
             found.append(f"[data] shuffle_row_groups must be >= 1, got {self.shuffle_row_groups}.")
+        if self.shuffle_window < 1:
+            found.append(f"[data] shuffle_window must be >= 1, got {self.shuffle_window}.")
         names = []
         for i, source in enumerate(self.sources):
             where = f"[data] sources[{i}]"
@@ -126,6 +163,15 @@ class DataConfig:
                 found.append(f"{where}: kind = {source.kind!r} needs a path (directory, file, glob or URL).")
             if source.weight is not None and not source.weight > 0:
                 found.append(f"{where}: weight must be > 0, got {source.weight}.")
+            if source.kind == "scenes" and source.split not in SCENE_SPLITS:
+                found.append(f"{where}: a scenes source's split is one of {SCENE_SPLITS}, got {source.split!r}.")
+            if source.streaming and source.kind != "hf":
+                found.append(f"{where}: streaming = true is for kind = \"hf\" sources (the others read by index).")
+            if source.kind == "hf" and not _has_module("datasets"):
+                found.append(
+                    f"{where}: kind = \"hf\" needs the Hugging Face datasets library: pip install 'prx[hf]' "
+                    "(or pip install datasets)."
+                )
             names.append(source_name(source))
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -133,17 +179,23 @@ class DataConfig:
         weighted = [s.weight is not None for s in self.sources]
         if any(weighted) and not all(weighted):
             found.append("[data] sources: give every source a weight, or none (natural proportions = sizes).")
-        if any(s.kind == "scenes" for s in self.sources) and len(self.sources) > 1 and not all(weighted):
+        if any(s.infinite for s in self.sources) and len(self.sources) > 1 and not all(weighted):
             found.append(
-                "[data] sources: a scenes source is infinite, so a mixture with it has no natural "
-                "proportions: give every source a weight."
+                "[data] sources: a scenes source is infinite and a streaming hf source has no known size, so a "
+                "mixture with one has no natural proportions: give every source a weight."
             )
         if self.text_cache and any(s.kind == "scenes" for s in self.sources):
             found.append(
                 "[data] text_cache = true cannot serve a scenes source (its captions are generated on "
-                "the fly): set text_cache = false, or use only folder/parquet/webdataset sources."
+                "the fly): set text_cache = false, or use only stored sources (folder, parquet, webdataset, hf, mds)."
             )
         return found
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def source_name(source: SourceConfig) -> str:

@@ -7,6 +7,7 @@ reports (buckets, skipped files and why) is what training will see.
 from __future__ import annotations
 
 import collections
+import itertools
 import textwrap
 
 import attrs
@@ -18,7 +19,7 @@ from prx_core.data.buckets import aspect_buckets, square_bucket
 from prx_core.data.config import DataConfig, SourceConfig
 from prx_core.data.loader import mixture_weights, open_sources
 from prx_core.data.reader import Loaded, SampleReader
-from prx_core.data.sources import IMAGE_SUFFIXES
+from prx_core.data.sources import IMAGE_SUFFIXES, is_streaming
 from prx_core.errors import DataError
 
 
@@ -27,7 +28,7 @@ class SourceSummary:
     name: str
     kind: str
     description: str
-    size: int | None  # None: infinite
+    size: int | None  # None: infinite, or unknown (a stream)
     weight: float
 
 
@@ -89,12 +90,15 @@ def inspect_data(
     bad_examples, words, chars, shown = [], [], [], []
     total = 0
     for slot, source in enumerate(sources):
-        if source.kind == "scenes":
-            indices = np.arange(samples)
+        if is_streaming(source):  # no random access: the first samples of the stream
+            refs = [(slot, -1, raw) for raw in itertools.islice(source.iter_samples(), samples)]
+        elif source.kind == "scenes":
+            refs = [(slot, i) for i in range(samples)]
         else:
-            indices = np.sort(rng.choice(len(source), size=min(samples, len(source)), replace=False))
-        for index in indices:
-            item = reader((slot, int(index)))
+            picked = np.sort(rng.choice(len(source), size=min(samples, len(source)), replace=False))
+            refs = [(slot, int(i)) for i in picked]
+        for ref in refs:
+            item = reader(ref)
             total += 1
             sample_id = f"{source.name}:{item.key}"
             if isinstance(item, Loaded):
@@ -108,8 +112,8 @@ def inspect_data(
     picks = rng.permutation(len(shown))[:examples] if shown else []
     return Inspection(
         sources=[
-            SourceSummary(s.name, s.kind, s.describe(), None if s.kind == "scenes" else len(s), weights[s.name])
-            for s in sources
+            SourceSummary(s.name, s.kind, s.describe(), None if c.infinite else len(s), weights[s.name])
+            for c, s in zip(data.sources, sources)
         ],
         buckets=buckets,
         bucket_counts=counts,

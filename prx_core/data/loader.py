@@ -2,7 +2,8 @@
 
 The pipeline is a graph of ``torchdata.nodes``::
 
-    SourceOrder (one per source: this rank's shuffled share, epoch after epoch)
+    SourceOrder (one per source: this rank's shuffled share, epoch after epoch;
+                 StreamOrder for a streaming source: its samples, read in this process)
       -> MultiNodeWeightedSampler (mixture by weight, seeded per rank)
       -> ParallelMapper(SampleReader) (read, decode, fit to bucket; worker processes, in order)
       -> BucketBatcher (one-bucket batches, bad-data counts and stop rule, text cache)
@@ -29,7 +30,8 @@ from prx_core.data.buckets import aspect_buckets, square_bucket
 from prx_core.data.config import DataConfig
 from prx_core.data.order import SourceOrder
 from prx_core.data.reader import SampleReader
-from prx_core.data.sources import Source, open_source
+from prx_core.data.sources import Source, is_streaming, open_source
+from prx_core.data.stream_order import StreamOrder
 from prx_core.data.text_cache import TextCache, cache_location
 from prx_core.errors import DataError, RecipeError
 
@@ -49,7 +51,7 @@ def open_sources(data: DataConfig, seed: int = 0) -> list[Source]:
 def mixture_weights(data: DataConfig, sources: list[Source]) -> dict[str, float]:
     """Each source's share of the mixture (normalised): the recipe's weights, else the sizes."""
     raw = [
-        c.weight if c.weight is not None else 1.0 if s.kind == "scenes" else float(len(s))
+        c.weight if c.weight is not None else 1.0 if c.infinite else float(len(s))
         for c, s in zip(data.sources, sources)
     ]
     total = sum(raw)
@@ -60,6 +62,11 @@ def text_cache_dirs(data: DataConfig, sources: list[Source]) -> list[str]:
     """Where each source's text cache lives (local directories)."""
     dirs = []
     for config, source in zip(data.sources, sources):
+        if config.kind == "hf" and not data.text_cache_dir and not files.is_dir(config.path):
+            raise DataError(
+                f"[data] source {source.name!r} is a hub dataset ({config.path}); set [data] text_cache_dir to a "
+                "local directory to hold its text cache."
+            )
         directory = cache_location(files.data_root(config.path), source.name, data.text_cache_dir)
         if files.is_url(directory):
             raise DataError(
@@ -133,7 +140,11 @@ class TrainLoader:
         self.sources = sources
         self.weights = mixture_weights(data, sources)
         orders = {
-            source.name: SourceOrder(
+            source.name: StreamOrder(
+                slot, source, seed=seed, rank=rank, world_size=world_size, window=data.shuffle_window
+            )
+            if is_streaming(source)
+            else SourceOrder(
                 slot,
                 source.name,
                 None if source.kind == "scenes" else len(source),

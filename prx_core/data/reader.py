@@ -7,7 +7,7 @@ import attrs
 import numpy as np
 
 from prx_core.data.decode import BadSample, decode_to_bucket
-from prx_core.data.sources import SceneSource, Source
+from prx_core.data.sources import RawSample, SceneSource, Source
 
 
 @attrs.frozen
@@ -20,6 +20,7 @@ class Loaded:
     bucket: int
     pixels: np.ndarray
     caption: str
+    raw: RawSample | None = None  # the stored sample, kept for a streaming source (cannot be re-read)
 
 
 @attrs.frozen
@@ -41,7 +42,8 @@ def scene_bucket(index: int, seed: int, count: int) -> int:
 
 
 class SampleReader:
-    """The map function of the loader: ``reader((slot, index)) -> Loaded | Rejected``."""
+    """The map function of the loader: ``reader((slot, index)) -> Loaded | Rejected``; a
+    streaming source's reference carries its sample: ``(slot, -1, RawSample)``."""
 
     def __init__(self, sources: list[Source], buckets: tuple[tuple[int, int], ...], min_side: int | None, seed: int):
         self.sources = sources
@@ -49,21 +51,22 @@ class SampleReader:
         self.min_side = min_side
         self.seed = seed
 
-    def __call__(self, ref: tuple[int, int]) -> Loaded | Rejected:
-        slot, index = ref
+    def __call__(self, ref: tuple) -> Loaded | Rejected:
+        slot, index, *carried = ref
         source = self.sources[slot]
-        key = str(index)
+        key = carried[0].key if carried else str(index)
         try:
-            key = source.key(index)
             if isinstance(source, SceneSource):
                 bucket = scene_bucket(index, self.seed, len(self.buckets))
                 caption, pixels = source.render(index, *self.buckets[bucket])
                 return Loaded(slot, index, key, bucket, pixels, caption)
-            raw = source.read(index)
+            if not carried:
+                key = source.key(index)
+            raw = carried[0] if carried else source.read(index)
             if not raw.caption:
                 raise BadSample("no_caption", "no caption sidecar or field, or an empty one")
             bucket, pixels = decode_to_bucket(raw.image, self.buckets, self.min_side)
-            return Loaded(slot, index, raw.key, bucket, pixels, raw.caption)
+            return Loaded(slot, index, raw.key, bucket, pixels, raw.caption, raw if carried else None)
         except BadSample as bad:
             return Rejected(slot, index, key, bad.reason, bad.detail)
         except Exception as err:  # noqa: BLE001 - a worker must survive any one sample

@@ -16,16 +16,21 @@ import json
 import posixpath
 import tarfile
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import attrs
 import numpy as np
 
 from prx_core.data import files
-from prx_core.data.config import SourceConfig, source_name
+from prx_core.data.columns import Column, choose_columns
+from prx_core.data.config import SOURCE_KINDS, SourceConfig, source_name
 from prx_core.data.decode import BadSample
 from prx_core.data.scenes import render_scene, scene_for_index
 from prx_core.errors import DataError
+
+if TYPE_CHECKING:
+    from prx_core.data.hf import HFSource, HFStreamSource
+    from prx_core.data.mds import MDSSource
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CAPTION_SUFFIXES = (".txt", ".json")
@@ -140,8 +145,6 @@ class ParquetSource:
 
         self.name = source_name(config)
         self.path = config.path
-        self.image_column = config.image_column
-        self.caption_column = config.caption_column
         self.id_column = config.id_column
         self.cached_row_groups = cached_row_groups
         self.files = files.find_files(config.path, (".parquet",), "Parquet")
@@ -149,6 +152,11 @@ class ParquetSource:
         for file_index, path in enumerate(self.files):
             with files.open_binary(path) as handle:
                 parquet = pq.ParquetFile(handle)
+                if file_index == 0:
+                    self.image_column, self.caption_column = choose_columns(
+                        arrow_columns(parquet.schema_arrow), config.image_column, config.caption_column,
+                        f"[data] source {self.name!r}: {path}",
+                    )
                 self._check_columns(path, parquet.schema_arrow.names)
                 file_first_group.append(len(group_rows))
                 for g in range(parquet.metadata.num_row_groups):
@@ -218,27 +226,13 @@ class ParquetSource:
         group, row = self._locate(index)
         columns = (self.image_column, self.caption_column) + ((self.id_column,) if self.id_column else ())
         table = self._row_group(group, columns)
-        value = table[self.image_column][row].as_py()
-        if isinstance(value, dict):
-            image = value.get("bytes")
-            if not image and value.get("path"):
-                image = self._read_path(group, value["path"])
-        else:
-            image = value
-        return RawSample(self.key(index), image or b"", _caption_value(table[self.caption_column][row].as_py()))
-
-    def _read_path(self, group: int, path: str) -> bytes:
-        """Image stored by path (a {bytes: null, path} struct): relative to the Parquet file."""
-        if not (files.is_url(path) or path.startswith("/")):
-            path = files.join(posixpath.dirname(self.files[int(self.group_file[group])]), path)
-        try:
-            return files.read_bytes(path)
-        except FileNotFoundError:
-            raise BadSample("missing", path) from None
+        base = posixpath.dirname(self.files[int(self.group_file[group])])
+        image = image_value(table[self.image_column][row].as_py(), base)
+        return RawSample(self.key(index), image, caption_value(table[self.caption_column][row].as_py()))
 
     def caption(self, index: int) -> str | None:
         group, row = self._locate(index)
-        return _caption_value(self._row_group(group, (self.caption_column,))[self.caption_column][row].as_py())
+        return caption_value(self._row_group(group, (self.caption_column,))[self.caption_column][row].as_py())
 
     def iter_captions(self) -> Iterator[str | None]:
         import pyarrow.parquet as pq
@@ -248,13 +242,49 @@ class ParquetSource:
                 parquet = pq.ParquetFile(handle)
                 for g in range(parquet.metadata.num_row_groups):
                     column = parquet.read_row_group(g, columns=[self.caption_column]).column(0)
-                    yield from (_caption_value(v) for v in column.to_pylist())
+                    yield from (caption_value(v) for v in column.to_pylist())
 
 
-def _caption_value(value: Any) -> str | None:
+def image_value(value: Any, base: str) -> bytes:
+    """Encoded image bytes from a column value: bytes, a ``{bytes, path}`` struct (Hugging Face
+    datasets' layout; ``bytes`` may be null) or a path; relative paths are relative to ``base``."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, str) and value:
+        path = value if files.is_url(value) or value.startswith("/") else files.join(base, value)
+        try:
+            return files.read_bytes(path)
+        except FileNotFoundError:
+            raise BadSample("missing", path) from None
+    return bytes(value or b"")
+
+
+def caption_value(value: Any) -> str | None:
+    """A caption from a column value: a string, or the first non-empty string of a list."""
     if isinstance(value, list):
         value = next((v for v in value if isinstance(v, str) and v.strip()), None)
     return value.strip() if isinstance(value, str) else None
+
+
+def arrow_columns(schema) -> list[Column]:
+    """The columns of an Arrow schema with their roles (see :class:`Column`)."""
+    import pyarrow as pa
+
+    out = []
+    for field in schema:
+        kind = field.type
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or (
+            pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+        ):
+            role = "binary"
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or (
+            (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_string(kind.value_type)
+        ):
+            role = "text"
+        else:
+            role = "other"
+        out.append(Column(field.name, role, str(kind)))
+    return out
 
 
 class WebDatasetSource:
@@ -372,7 +402,7 @@ class SceneSource:
         return scene.caption(), np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-Source = FolderSource | ParquetSource | WebDatasetSource | SceneSource
+Source = Union[FolderSource, ParquetSource, WebDatasetSource, SceneSource, "HFSource", "HFStreamSource", "MDSSource"]
 
 
 def open_source(config: SourceConfig, seed: int = 0, shuffle_row_groups: int = 4) -> Source:
@@ -383,6 +413,19 @@ def open_source(config: SourceConfig, seed: int = 0, shuffle_row_groups: int = 4
         return ParquetSource(config, cached_row_groups=shuffle_row_groups + 1)
     if config.kind == "webdataset":
         return WebDatasetSource(config)
+    if config.kind == "hf":
+        from prx_core.data.hf import HFSource, HFStreamSource
+
+        return HFStreamSource(config) if config.streaming else HFSource(config)
+    if config.kind == "mds":
+        from prx_core.data.mds import MDSSource
+
+        return MDSSource(config)
     if config.kind == "scenes":
         return SceneSource(config, seed)
-    raise DataError(f"[data] sources: unknown kind {config.kind!r}; use folder, parquet, webdataset or scenes.")
+    raise DataError(f"[data] sources: unknown kind {config.kind!r}; use one of {', '.join(SOURCE_KINDS)}.")
+
+
+def is_streaming(source: Source) -> bool:
+    """A source read as a stream (no length, no random access)."""
+    return getattr(source, "streaming", False)
