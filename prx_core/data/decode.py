@@ -44,15 +44,18 @@ class BadSample(Exception):
 
 
 def decode_to_bucket(
-    data: bytes, buckets: tuple[tuple[int, int], ...], min_side: int | None
+    data: bytes | Image.Image, buckets: tuple[tuple[int, int], ...], min_side: int | None
 ) -> tuple[int, np.ndarray]:
-    """``(bucket index, (3, H, W) uint8 array)`` for encoded image ``data``.
+    """``(bucket index, (3, H, W) uint8 array)`` for encoded image ``data`` (or an image a
+    source stores decoded, e.g. MDS "pil" columns).
 
     The image goes to the bucket nearest its aspect ratio, is scaled to cover it and centre-
     cropped. ``min_side`` (pixels, shorter side) decides which small images are skipped; None:
     skip an image that would need more than 2x upscaling (less than half the bucket's side).
     Raises :class:`BadSample`.
     """
+    if isinstance(data, Image.Image):
+        return _fit(data, buckets, min_side)
     if not data:
         raise BadSample("empty", "zero bytes")
     try:
