@@ -12,6 +12,7 @@ import attrs
 from prx_core.errors import DataError
 
 IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes", "picture", "photo")
+PATH_NAMES = ("image_path", "image_file", "file_name", "filename", "path")  # text columns of image paths
 CAPTION_NAMES = (
     "caption", "text", "prompt", "captions", "txt", "caption_long", "long_caption", "description",
     "alt_text", "sentence", "sentences",
@@ -39,7 +40,7 @@ def choose_columns(columns: list[Column], image_column: str, caption_column: str
                 f"{where} has no column {value!r} (its columns: {listing}). Set {key} = \"...\" in this "
                 "source's entry of [data] sources."
             )
-    image = image_column or _detect(columns, ("image", "binary"), IMAGE_NAMES)
+    image = image_column or _detect(columns, ("image", "binary"), IMAGE_NAMES) or _path_column(columns)
     if not image:
         raise DataError(
             f"{where}: cannot tell which column holds the images (its columns: {listing}). Set "
@@ -52,6 +53,12 @@ def choose_columns(columns: list[Column], image_column: str, caption_column: str
             'caption_column = "..." in this source\'s entry of [data] sources (or --caption-column).'
         )
     return image, caption
+
+
+def _path_column(columns: list[Column]) -> str:
+    """A text column of image paths, recognised by its name only."""
+    named = [c.name for c in columns if c.role == "text" and c.name.lower() in IMAGE_NAMES + PATH_NAMES]
+    return named[0] if named else ""
 
 
 def _detect(columns: list[Column], roles: tuple[str, ...], preferred: tuple[str, ...]) -> str:

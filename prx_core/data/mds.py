@@ -7,7 +7,8 @@ read by index, so an MDS source shards, shuffles and resumes exactly like the ot
 Local uncompressed shards are read in place. A shard that is remote or compressed is fetched
 once into ``cache_dir`` (downloaded, size and hashes checked against the index, decompressed),
 by whichever worker needs it first (written to a temporary name and renamed, so concurrent
-workers and ranks never read a partial file). Such sources are shuffled shard-block-wise like
+workers and ranks never read a partial file). A shard that fails its check costs its samples,
+skipped and counted as ``bad/unreadable`` with the reason. Such sources are shuffled shard-block-wise like
 Parquet row groups (``[data] shuffle_row_groups`` shards at a time), so a worker reads a few
 shards at a time instead of every shard at once. The cache is not evicted: it grows to the
 uncompressed size of the shards read.
@@ -102,10 +103,11 @@ class MDSSource:
                 )
             else:
                 self.cache_dir = os.path.join(config.path, CACHE_DIRNAME)
-        self._offsets: dict[int, np.ndarray] = {}
+        self._offsets: dict[int, np.ndarray] = {}  # per process: shard -> its offsets table
+        self._broken: dict[int, str] = {}  # per process: shard -> why it cannot be fetched
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_offsets": {}}
+        return {**self.__dict__, "_offsets": {}, "_broken": {}}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -127,8 +129,14 @@ class MDSSource:
             return files.join(root, info.raw.basename)
         sub = posixpath.relpath(root, self.path.rstrip("/")) if root != self.path.rstrip("/") else ""
         target = os.path.join(self.cache_dir, sub, info.raw.basename)
+        if shard in self._broken:
+            raise BadSample("unreadable", self._broken[shard])
         if not os.path.exists(target):
-            self._fetch(shard, target)
+            try:
+                self._fetch(shard, target)
+            except DataError as err:  # a corrupt or incomplete shard costs its samples, counted
+                self._broken[shard] = str(err)
+                raise BadSample("unreadable", str(err)) from None
         return target
 
     def _fetch(self, shard: int, target: str) -> None:
