@@ -1,5 +1,6 @@
-"""``prx data inspect|cache``: look at training data before training on it; precompute the text
-encoder's outputs so that training does not run the encoder."""
+"""``prx data inspect|cache|convert``: look at training data before training on it; precompute
+the text encoder's outputs so that training does not run the encoder; convert a source into
+Parquet, WebDataset or MDS shards."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,11 @@ import sys
 
 from prx_core.cli.common import add_set_argument
 from prx_core.data.config import DataConfig
-from prx_core.data.inspection import Inspection, SourceSummary, contact_sheet, data_for_path, inspect_data, length_stats
+from prx_core.data.config import SOURCE_KINDS
+from prx_core.data.convert import MDS_IMAGE_ENCODINGS, TARGETS
+from prx_core.data.inspection import (
+    Inspection, SourceSummary, contact_sheet, data_for_path, guess_kind, inspect_data, length_stats,
+)
 from prx_core.errors import DataError
 
 DATA_SET_HELP = "override a recipe value (repeatable), e.g. --set data.resolution=256"
@@ -30,14 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "would see. Give a path, or --recipe to inspect a recipe's [data] sources.",
     )
     inspect.add_argument("source", nargs="?", metavar="SOURCE", help="path, glob, brace range, URL or 'scenes'")
-    inspect.add_argument("--kind", choices=("folder", "parquet", "webdataset", "scenes"), help="default: guessed")
+    add_source_arguments(inspect)
     inspect.add_argument("--recipe", metavar="RECIPE", help="inspect this recipe's [data] sources instead")
     add_set_argument(inspect, DATA_SET_HELP)
     inspect.add_argument("--resolution", type=int, help="target side (default: the recipe's, else 512)")
     inspect.add_argument("--patch", type=int, help="patch size (default: the recipe model's, else 32)")
     inspect.add_argument("--no-buckets", action="store_true", help="square centre crops instead of buckets")
-    inspect.add_argument("--image-column", default="image", help="Parquet image column (default: image)")
-    inspect.add_argument("--caption-column", default="caption", help="Parquet caption column (default: caption)")
     inspect.add_argument("--samples", type=int, default=200, help="samples read per source (default: 200)")
     inspect.add_argument("--examples", type=int, default=16, help="samples on the contact sheet (default: 16)")
     inspect.add_argument("--seed", type=int, default=0, help="which random samples (default: 0)")
@@ -58,6 +61,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cache.add_argument("--force", action="store_true", help="replace an existing cache built differently")
     cache.set_defaults(func=_cache)
 
+    convert = actions.add_parser(
+        "convert",
+        help="convert a source (folder, parquet, webdataset, hf, mds) into Parquet, WebDataset or MDS shards",
+        description="Read every sample of SOURCE in order and write it into OUT (a new or empty directory) as\n"
+        "Parquet files (image, caption and key columns), WebDataset tars (<key>.jpg|png|webp + <key>.txt)\n"
+        "or MosaicML streaming MDS shards (index.json + shard.NNNNN.mds; columns image, caption, key).\n"
+        "Images are copied byte for byte unless the target cannot hold their format. Samples without a\n"
+        "caption or with an unreadable image are skipped and counted by reason.",
+        epilog="Examples:\n  prx data convert /data/my-hf-dataset --to mds /data/my-mds --compression zstd\n"
+        "  prx data convert user/captioned-images --kind hf --streaming --to wds /data/wds --shard-size 1GB\n"
+        "  prx data convert /data/mds --to parquet /data/parquet --limit 1000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", metavar="SOURCE", help="path, glob, URL, or hub id (with --kind hf)")
+    convert.add_argument("--to", required=True, choices=TARGETS, dest="target", help="output format")
+    convert.add_argument("out", metavar="OUT", help="output directory (new or empty)")
+    add_source_arguments(convert)
+    convert.add_argument("--shard-size", default="64MB", help="bytes per output shard (default: %(default)s)")
+    convert.add_argument("--compression", help="MDS shard compression: zstd, zstd:LEVEL, gz, bz2, br or snappy")
+    convert.add_argument("--image-encoding", default="bytes", choices=MDS_IMAGE_ENCODINGS,
+                         help="MDS image column encoding (default: bytes, any format as stored; jpeg/png "
+                         "re-encode other formats)")  # fmt: skip
+    convert.add_argument("--verify", action="store_true", help="decode every image fully (finds truncated files)")
+    convert.add_argument("--limit", type=int, help="convert only the first N samples")
+    convert.set_defaults(func=_convert)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to read one SOURCE path: its kind and the kind-specific settings of [data] sources."""
+    parser.add_argument("--kind", choices=SOURCE_KINDS, help="default: guessed from the path")
+    parser.add_argument("--image-column", default="", help="image column (parquet, hf, mds; default: detected)")
+    parser.add_argument("--caption-column", default="", help="caption column (parquet, hf, mds; default: detected)")
+    parser.add_argument("--split", default="train", help="hf: dataset split (default: %(default)s)")
+    parser.add_argument("--subset", default="", help="hf: dataset configuration name")
+    parser.add_argument("--streaming", action="store_true", help="hf: read as a stream (nothing downloaded up front)")
+    parser.add_argument("--cache-dir", default="", help="hf: datasets cache; mds: local copy of remote shards")
+
+
+def source_options(args: argparse.Namespace) -> dict:
+    """The SourceConfig settings given by :func:`add_source_arguments`."""
+    options = {"image_column": args.image_column, "caption_column": args.caption_column,
+               "cache_dir": args.cache_dir}  # fmt: skip
+    if (args.kind or "") == "hf":
+        options.update(split=args.split, subset=args.subset, streaming=args.streaming)
+    return options
+
 
 def _recipe_data(args: argparse.Namespace) -> tuple[DataConfig, int]:
     from prx_core.model.config import PRESETS
@@ -72,8 +121,9 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.recipe:
         data, patch = _recipe_data(args)
     elif args.source:
-        columns = {"image_column": args.image_column, "caption_column": args.caption_column}
-        data, patch = data_for_path(args.source, args.kind, **columns), 32
+        if args.kind is None:
+            args.kind = guess_kind(args.source)
+        data, patch = data_for_path(args.source, args.kind, **source_options(args)), 32
     else:
         raise DataError("prx data inspect needs a SOURCE path (or 'scenes'), or --recipe RECIPE.")
     if args.resolution:
@@ -190,3 +240,59 @@ def _cache(args: argparse.Namespace) -> int:
         )
         print(f"{source.name}: {manifest['captions']} distinct captions cached")
     return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from prx_core.data.config import SourceConfig
+    from prx_core.data.convert import convert, parse_size
+
+    kind = args.kind or guess_kind(args.source)
+    args.kind = kind
+    source = SourceConfig(kind=kind, path=args.source, **source_options(args))
+    problems = DataConfig(sources=[source]).problems()
+    if problems:
+        raise DataError(" ".join(problems))
+    shard_bytes = parse_size(args.shard_size)
+    with _progress(f"{args.source} -> {args.target}") as progress:
+        report = convert(source, args.target, args.out, shard_bytes=shard_bytes, compression=args.compression,
+                         image_encoding=args.image_encoding, verify=args.verify, limit=args.limit,
+                         progress=progress)  # fmt: skip
+    skipped = sum(report.skipped.values())
+    print(f"wrote {report.written} samples into {len(report.files)} files in {args.out} ({args.target}); "
+          f"skipped {skipped}; re-encoded {report.re_encoded}")  # fmt: skip
+    for reason, count in report.skipped.most_common():
+        print(f"  skipped {count} {reason} (e.g. {report.examples[reason][:150]})")
+    return 0
+
+
+class _progress:
+    """A rich progress bar on a terminal, else a plain line every 10 % (or 5000 samples when
+    the total is unknown); used as ``with _progress(label) as update: update(done, total)``."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.task = None
+        self.next_report = 0
+
+    def __enter__(self):
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn())  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None)
+        return self.update
+
+    def update(self, done: int, total: int | None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
+            return
+        if done >= self.next_report or done == total:
+            print(f"{self.label}: {done}" + (f" of {total}" if total else "") + " samples", flush=True)
+            self.next_report = done + (max(1, total // 10) if total else 5000)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

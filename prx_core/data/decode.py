@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,6 +30,7 @@ BAD_REASONS = (
     "error",  # anything else (the message is kept in the stats' detail)
 )
 
+T = TypeVar("T")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 _ORIENTATION_TAG = 0x0112
@@ -56,10 +59,28 @@ def decode_to_bucket(
     """
     if isinstance(data, Image.Image):
         return _fit(data, buckets, min_side)
+    return _classified(data, lambda image: _fit(image, buckets, min_side))
+
+
+def image_format(data: bytes, full: bool = False) -> str:
+    """The PIL format name ("JPEG", "PNG", ...) of encoded image ``data``, read from its header,
+    or with ``full`` from a complete decode (which also finds truncated files). Raises
+    :class:`BadSample`."""
+
+    def check(image: Image.Image) -> str:
+        if full:
+            image.load()
+        return image.format or ""
+
+    return _classified(data, check)
+
+
+def _classified(data: bytes, action: Callable[[Image.Image], T]) -> T:
+    """``action(opened image)``, with PIL's errors turned into :class:`BadSample` reasons."""
     if not data:
         raise BadSample("empty", "zero bytes")
     try:
-        return _fit(Image.open(io.BytesIO(data)), buckets, min_side)
+        return action(Image.open(io.BytesIO(data)))
     except BadSample:
         raise
     except Image.DecompressionBombError as err:
@@ -90,7 +111,7 @@ def _fit(image: Image.Image, buckets: tuple[tuple[int, int], ...], min_side: int
         # The decoder picks the largest reduction whose result still covers the requested size.
         need = (math.ceil(width * scale), math.ceil(height * scale))
         image.draft(None, need)
-    image = _to_rgb(image)
+    image = to_rgb(image)
     if transposed or _orientation(image) not in (None, 1):
         image = ImageOps.exif_transpose(image)
     width, height = image.size
@@ -114,7 +135,7 @@ def _orientation(image: Image.Image) -> int | None:
     return image.getexif().get(_ORIENTATION_TAG)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB: alpha composited on white, 16-bit scaled to 8 bits, CMYK and
     palettes converted. Raises BadSample("unsupported_mode") for modes without a faithful map."""
     mode = image.mode

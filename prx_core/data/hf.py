@@ -23,7 +23,8 @@ from typing import Any
 from prx_core.data import files
 from prx_core.data.columns import Column, choose_columns
 from prx_core.data.config import SourceConfig, source_name
-from prx_core.data.sources import RawSample, caption_value, image_value
+from prx_core.data.decode import BadSample
+from prx_core.data.sources import RawSample, Unreadable, caption_value, image_value
 from prx_core.errors import DataError
 
 EXTRA = "pip install 'prx[hf]' (or pip install datasets)"
@@ -209,13 +210,17 @@ class HFStreamSource:
         """The ``IterableDataset`` of shard ``index`` (supports ``state_dict`` / ``load_state_dict``)."""
         return self.dataset.shard(self.n_shards, index) if self.n_shards > 1 else self.dataset
 
-    def sample(self, example: dict[str, Any], key: str) -> RawSample:
+    def sample(self, example: dict[str, Any], key: str) -> RawSample | Unreadable:
         """The stored sample of one streamed example (``key`` unless the dataset has ids)."""
         if self.id_column:
             key = str(example[self.id_column])
-        return RawSample(key, image_value(example[self.image_column], self.base), caption_value(example[self.caption_column]))
+        try:
+            image = image_value(example[self.image_column], self.base)
+        except BadSample as bad:
+            return Unreadable(key, bad.reason, bad.detail)
+        return RawSample(key, image, caption_value(example[self.caption_column]))
 
-    def iter_samples(self) -> Iterator[RawSample]:
+    def iter_samples(self) -> Iterator[RawSample | Unreadable]:
         """Every sample, shard after shard, keyed ``<shard>/<row>``."""
         for shard in range(self.n_shards):
             for row, example in enumerate(self.shard(shard)):

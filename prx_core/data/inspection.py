@@ -18,6 +18,7 @@ from prx_core.data import files
 from prx_core.data.buckets import aspect_buckets, square_bucket
 from prx_core.data.config import DataConfig, SourceConfig
 from prx_core.data.loader import mixture_weights, open_sources
+from prx_core.data.mds_format import INDEX as MDS_INDEX
 from prx_core.data.reader import Loaded, SampleReader
 from prx_core.data.sources import IMAGE_SUFFIXES, is_streaming
 from prx_core.errors import DataError
@@ -48,7 +49,10 @@ class Inspection:
 
 
 def guess_kind(path: str) -> str:
-    """The source kind of a path: "scenes", "parquet", "webdataset" or "folder"."""
+    """The source kind of a path: "scenes", "parquet", "webdataset", "hf" (a save_to_disk
+    directory), "mds" (a directory with index.json, or sub-directories with one) or "folder"."""
+    from prx_core.data.hf import saved_to_disk
+
     if path == "scenes":
         return "scenes"
     low = path.lower()
@@ -57,16 +61,23 @@ def guess_kind(path: str) -> str:
     if low.endswith(".tar"):
         return "webdataset"
     if not files.exists(path):
-        raise DataError(f"There is nothing at {path}: give a directory, a .parquet/.tar file or pattern, or 'scenes'.")
+        raise DataError(
+            f"There is nothing at {path}: give a directory, a .parquet/.tar file or pattern, or 'scenes' (for a "
+            "Hugging Face hub dataset, pass --kind hf)."
+        )
     if not files.is_dir(path):
         raise DataError(f"{path} is neither a directory nor a .parquet/.tar file (or pattern); pass --kind.")
+    if saved_to_disk(path):
+        return "hf"
     names = files.list_tree(path)
+    if any(n == MDS_INDEX or (n.endswith("/" + MDS_INDEX) and n.count("/") == 1) for n in names):
+        return "mds"
     for suffix, kind in ((".parquet", "parquet"), (".tar", "webdataset")):
         if any(n.lower().endswith(suffix) for n in names):
             return kind
     if any(n.lower().endswith(IMAGE_SUFFIXES) for n in names):
         return "folder"
-    raise DataError(f"{path} holds no images, .parquet or .tar files.")
+    raise DataError(f"{path} holds no images, .parquet, .tar or MDS files (pass --kind hf for a dataset directory).")
 
 
 def data_for_path(path: str, kind: str | None = None, resolution: int = 512, **source_options) -> DataConfig:

@@ -7,7 +7,7 @@ import attrs
 import numpy as np
 
 from prx_core.data.decode import BadSample, decode_to_bucket
-from prx_core.data.sources import RawSample, SceneSource, Source
+from prx_core.data.sources import RawSample, SceneSource, Source, Unreadable
 
 
 @attrs.frozen
@@ -43,7 +43,7 @@ def scene_bucket(index: int, seed: int, count: int) -> int:
 
 class SampleReader:
     """The map function of the loader: ``reader((slot, index)) -> Loaded | Rejected``; a
-    streaming source's reference carries its sample: ``(slot, -1, RawSample)``."""
+    streaming source's reference carries its sample: ``(slot, -1, RawSample | Unreadable)``."""
 
     def __init__(self, sources: list[Source], buckets: tuple[tuple[int, int], ...], min_side: int | None, seed: int):
         self.sources = sources
@@ -62,6 +62,8 @@ class SampleReader:
                 return Loaded(slot, index, key, bucket, pixels, caption)
             if not carried:
                 key = source.key(index)
+            elif isinstance(carried[0], Unreadable):
+                raise BadSample(carried[0].reason, carried[0].detail)
             raw = carried[0] if carried else source.read(index)
             if not raw.caption:
                 raise BadSample("no_caption", "no caption sidecar or field, or an empty one")

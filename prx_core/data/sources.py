@@ -46,6 +46,16 @@ class RawSample:
     caption: str | None
 
 
+@attrs.frozen
+class Unreadable:
+    """A sample of a stream that could not be read (its image file is missing, ...): it is
+    counted as bad with ``reason`` like any other, where it would have been decoded."""
+
+    key: str
+    reason: str
+    detail: str
+
+
 def parse_caption(data: bytes, suffix: str, caption_key: str, where: str) -> str | None:
     """A caption from a ``.txt`` or ``.json`` payload; a JSON list of captions gives its first."""
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torchdata.nodes import BaseNode
 
-from prx_core.data.sources import RawSample
+from prx_core.data.sources import RawSample, Unreadable
 from prx_core.errors import DataError
 
 
@@ -32,9 +32,9 @@ def epoch_shards(n_shards: int, *, name: str, seed: int, epoch: int, rank: int, 
     return [int(s) for s in order], world_size
 
 
-class StreamOrder(BaseNode[tuple[int, int, RawSample]]):
-    """Yields ``(slot, -1, RawSample)`` for one streaming source on one rank, forever (the
-    sample travels with its reference: the decoding workers cannot read a stream by index)."""
+class StreamOrder(BaseNode[tuple[int, int, RawSample | Unreadable]]):
+    """Yields ``(slot, -1, RawSample | Unreadable)`` for one streaming source on one rank,
+    forever (the sample travels with its reference: the workers cannot read a stream by index)."""
 
     def __init__(self, slot: int, source: Any, *, seed: int, rank: int, world_size: int, window: int):
         super().__init__()
@@ -73,7 +73,7 @@ class StreamOrder(BaseNode[tuple[int, int, RawSample]]):
     def _fill(self) -> None:
         """Read the next window (up to ``window`` of this rank's samples) and shuffle it."""
         self._window_cursor = self._cursor()
-        samples: list[RawSample] = []
+        samples: list[RawSample | Unreadable] = []
         while len(samples) < self.window and self._position < len(self._shards):
             try:
                 example = next(self._examples)
@@ -90,7 +90,7 @@ class StreamOrder(BaseNode[tuple[int, int, RawSample]]):
         self._window = [samples[i] for i in rng.permutation(len(samples))]
         self._taken = 0
 
-    def next(self) -> tuple[int, int, RawSample]:
+    def next(self) -> tuple[int, int, RawSample | Unreadable]:
         if self._taken >= len(self._window):
             self._fill()
             if not self._window:  # the epoch is over: the next one, reshuffled
