@@ -2,8 +2,9 @@
 
 Runs in the loader workers. JPEGs are decoded reduced (``draft``: the decoder's DCT scaling
 gives 1/2, 1/4 or 1/8 of the size almost for free) to the smallest size that still covers the
-bucket, then the crop box is resized to the bucket in one step, so no full-resolution image is
-ever materialised for a large JPEG.
+bucket, then the crop box is resized to the bucket in one step with torch's antialiased uint8
+resampling (:func:`crop_resize`), so no full-resolution image is materialised for a JPEG of at
+least twice the bucket's size.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from prx_core.data.buckets import nearest_bucket
@@ -114,12 +116,26 @@ def _fit(image: Image.Image, buckets: tuple[tuple[int, int], ...], min_side: int
     image = to_rgb(image)
     if transposed or _orientation(image) not in (None, 1):
         image = ImageOps.exif_transpose(image)
-    width, height = image.size
-    crop_w, crop_h = _crop_size(width, height, bucket_w / bucket_h)
-    left, top = (width - crop_w) / 2, (height - crop_h) / 2
-    box = (left, top, left + crop_w, top + crop_h)
-    image = image.resize((bucket_w, bucket_h), Image.Resampling.BICUBIC, box=box)
-    return index, np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+    return index, crop_resize(image, bucket_w, bucket_h)
+
+
+def crop_resize(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """The centred ``width:height`` crop of an RGB image resized to ``width x height``
+    (antialiased bicubic), as a ``(3, height, width)`` uint8 array.
+
+    torch's vectorised uint8 antialiased resampling does what PIL's bicubic ``resize(box=...)``
+    did in about half the CPU time (``benchmarks/loader_cpu.py``). The crop box is whole pixels
+    of the decoded (possibly DCT-reduced) image: at most half a pixel off centre there, with an
+    aspect ratio within one pixel of the bucket's.
+    """
+    source_w, source_h = image.size
+    crop_w, crop_h = _crop_size(source_w, source_h, width / height)
+    crop_w, crop_h = min(source_w, max(1, round(crop_w))), min(source_h, max(1, round(crop_h)))
+    left, top = (source_w - crop_w) // 2, (source_h - crop_h) // 2
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # (H, W, 3), a writable copy
+    box = pixels[top : top + crop_h, left : left + crop_w].permute(2, 0, 1).unsqueeze(0)  # channels-last view
+    resized = torch.nn.functional.interpolate(box, size=(height, width), mode="bicubic", antialias=True)
+    return resized[0].contiguous().numpy()
 
 
 def _crop_size(width: int, height: int, ratio: float) -> tuple[float, float]:

@@ -3,8 +3,11 @@ bucket. It never raises: a sample that cannot be used comes back as :class:`Reje
 reason, so a bad file costs one sample, never a worker."""
 from __future__ import annotations
 
+import multiprocessing
+
 import attrs
 import numpy as np
+import torch
 
 from prx_core.data.decode import BadSample, decode_to_bucket
 from prx_core.data.sources import RawSample, SceneSource, Source, Unreadable
@@ -34,6 +37,14 @@ class Rejected:
     detail: str
 
 
+def one_thread_in_workers() -> None:
+    """A decoding worker process resizes with one torch thread: the workers are the parallelism,
+    and torch's default pool (one thread per core in each of them) would oversubscribe the CPU.
+    On the training process (``workers = 0``) the pool is left as it is."""
+    if multiprocessing.parent_process() is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def scene_bucket(index: int, seed: int, count: int) -> int:
     """The bucket a scene is drawn in: uniform over buckets, fixed by (index, seed)."""
     mixed = (index * 0x9E3779B97F4A7C15 + seed * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
@@ -52,6 +63,7 @@ class SampleReader:
         self.seed = seed
 
     def __call__(self, ref: tuple) -> Loaded | Rejected:
+        one_thread_in_workers()
         slot, index, *carried = ref
         source = self.sources[slot]
         key = carried[0].key if carried else str(index)
