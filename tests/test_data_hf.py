@@ -239,3 +239,16 @@ def test_image_paths_relative_to_the_dataset(tmp_path):
     (batch,) = _take(build_loader(_data(source, buckets=False), resolution=32, batch_size=4, patch=16, seed=0), 1)
     assert sorted(batch.captions) == sorted(r.caption for r in records)
     assert os.path.isdir(tmp_path / "cache")  # datasets' Arrow copy went where the recipe said
+
+
+def test_recipe_with_hf_but_no_datasets_fails_at_validation(tmp_path, monkeypatch):
+    import importlib.util
+
+    from prx_core.recipe.loader import load_recipe
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\nsources = [{ kind = "hf", path = "user/name" }]\n')
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    with pytest.raises(RecipeError, match=r"r\.toml.*kind = \"hf\" needs the Hugging Face datasets library: pip install 'prx\[hf\]'"):
+        load_recipe(str(recipe), [])

@@ -337,6 +337,8 @@ def _build(data: dict, sources: Sources, registry: plugins.Registry, path: Path)
         recipe = _CONVERTER.structure(core, Recipe)
     except (ClassValidationError, ValueError, TypeError) as err:
         problems += _structure_problems(err, (), Recipe, data, sources, path)
+    if recipe is not None:  # [data] values that cannot work (a missing optional extra among them)
+        problems += [f"{_where(sources, ('data',), path)}: {problem}" for problem in recipe.data.problems()]
 
     techniques: dict[str, Any] = {}
     for name in sorted(tables):
