@@ -1,22 +1,15 @@
 """``prx data inspect`` and ``prx data cache`` as a user runs them."""
 from __future__ import annotations
 
-import argparse
 import os
 
 import pytest
 from PIL import Image
 
-from prx_core.cli import data_cmd
 from prx_core.data.writers import Record, synthetic_records, write_folder, write_parquet
 from prx_core.errors import DataError
 
-
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="prx")
-    data_cmd.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+from data_helpers import run_data_command
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +21,7 @@ def folder(tmp_path_factory):
 
 def test_inspect_a_folder(folder, tmp_path, capsys):
     out = tmp_path / "sheet.png"
-    assert run(["data", "inspect", str(folder), "--resolution", "64", "--patch", "16", "--out", str(out)]) == 0
+    assert run_data_command(["data", "inspect", str(folder), "--resolution", "64", "--patch", "16", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("31 samples read at 64px (patch 16): 30 usable, 1 bad")
     assert "folder" in text and "31" in text  # the source table: kind and size
@@ -41,7 +34,7 @@ def test_inspect_a_folder(folder, tmp_path, capsys):
 
 def test_inspect_scenes_without_buckets(tmp_path, capsys):
     out = tmp_path / "s.png"
-    run(["data", "inspect", "scenes", "--samples", "8", "--examples", "4", "--resolution", "32", "--no-buckets",
+    run_data_command(["data", "inspect", "scenes", "--samples", "8", "--examples", "4", "--resolution", "32", "--no-buckets",
          "--out", str(out)])  # fmt: skip
     text = capsys.readouterr().out
     assert "8 samples read at 32px (patch 32): 8 usable, 0 bad" in text and "infinite" in text
@@ -56,7 +49,7 @@ def test_inspect_a_recipe(folder, tmp_path, capsys):
         f'  {{ kind = "folder", path = "{folder}", weight = 3.0 }},\n'
         f'  {{ kind = "parquet", path = "{tmp_path / "pq"}", weight = 1.0 }},\n]\n'
     )
-    run(["data", "inspect", "--recipe", str(recipe), "--samples", "10", "--out", str(tmp_path / "x.png")])
+    run_data_command(["data", "inspect", "--recipe", str(recipe), "--samples", "10", "--out", str(tmp_path / "x.png")])
     text = capsys.readouterr().out
     assert "20 samples read at 32px (patch 8)" in text
     assert "0.750" in text and "0.250" in text
@@ -64,7 +57,7 @@ def test_inspect_a_recipe(folder, tmp_path, capsys):
 
 def test_inspect_needs_a_source():
     with pytest.raises(DataError, match="needs a SOURCE"):
-        run(["data", "inspect"])
+        run_data_command(["data", "inspect"])
 
 
 @pytest.mark.slow
@@ -75,6 +68,6 @@ def test_cache_with_the_quickstart_encoder(folder, tmp_path, capsys):
         f'[data]\ntext_cache = true\ntext_cache_dir = "{tmp_path / "cache"}"\n'
         f'sources = [{{ kind = "folder", path = "{folder}", name = "f" }}]\n'
     )
-    assert run(["data", "cache", "--recipe", str(recipe), "--device", "cpu"]) == 0
+    assert run_data_command(["data", "cache", "--recipe", str(recipe), "--device", "cpu"]) == 0
     assert "f: 31 distinct captions cached" in capsys.readouterr().out
     assert (tmp_path / "cache" / "f" / "manifest.json").exists()

@@ -2,7 +2,6 @@
 tarfile, the MDS reader plus the index bytes) and through the loader, skipped samples by reason."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -12,23 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from prx_core.cli import data_cmd
 from prx_core.data import mds_format
-from prx_core.data.config import DataConfig, SourceConfig
+from prx_core.data.config import SourceConfig
 from prx_core.data.convert import parse_size
-from prx_core.data.loader import build_loader
 from prx_core.data.mds import MDSSource
 from prx_core.data.writers import Record, synthetic_records, write_folder
 from prx_core.errors import DataError
 
+from data_helpers import one_batch, run_data_command
+
 GOOD = 30
-
-
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="prx")
-    data_cmd.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +33,9 @@ def folder(tmp_path_factory):
     return root / "folder", records[:GOOD]
 
 
-def _everything(kind, path, **options):
-    source = SourceConfig(kind=kind, path=str(path), name="s", **options)
-    loader = build_loader(DataConfig(resolution=32, buckets=False, sources=[source]), resolution=32,
-                          batch_size=GOOD, patch=16, seed=0)  # fmt: skip
-    batch = next(iter(loader))
-    order = np.argsort(batch.captions, kind="stable")
-    return [batch.captions[i] for i in order], batch.images[order]
-
-
 def test_folder_to_parquet_to_wds_to_mds_keeps_every_image_and_caption(folder, tmp_path, capsys):
     source, records = folder
-    assert run(["data", "convert", str(source), "--to", "parquet", str(tmp_path / "pq")]) == 0
+    assert run_data_command(["data", "convert", str(source), "--to", "parquet", str(tmp_path / "pq")]) == 0
     text = capsys.readouterr().out
     assert f"wrote {GOOD} samples into 1 files" in text and "skipped 2" in text
     assert "skipped 1 empty (e.g. broken: zero bytes)" in text and "skipped 1 no_caption (e.g. mute:" in text
@@ -66,7 +49,7 @@ def test_folder_to_parquet_to_wds_to_mds_keeps_every_image_and_caption(folder, t
     for image, caption, key in zip(*(table.column(c).to_pylist() for c in ("image", "caption", "key"))):
         assert image == by_key[key].image and caption == by_key[key].caption  # byte for byte
 
-    assert run(["data", "convert", str(tmp_path / "pq"), "--to", "wds", str(tmp_path / "wds")]) == 0
+    assert run_data_command(["data", "convert", str(tmp_path / "pq"), "--to", "wds", str(tmp_path / "wds")]) == 0
     with tarfile.open(tmp_path / "wds" / "shard-00000.tar") as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar}
     stems = {name.rsplit(".", 1)[0] for name in members}
@@ -75,7 +58,7 @@ def test_folder_to_parquet_to_wds_to_mds_keeps_every_image_and_caption(folder, t
     assert images == sorted(r.image for r in records)
     assert sorted(v.decode() for k, v in members.items() if k.endswith(".txt")) == sorted(r.caption for r in records)
 
-    assert run(["data", "convert", str(tmp_path / "wds"), "--to", "mds", str(tmp_path / "mds"),
+    assert run_data_command(["data", "convert", str(tmp_path / "wds"), "--to", "mds", str(tmp_path / "mds"),
                 "--compression", "gz", "--shard-size", "8kB"]) == 0  # fmt: skip
     index = json.loads((tmp_path / "mds" / "index.json").read_text())
     assert len(index["shards"]) > 1 and sum(s["samples"] for s in index["shards"]) == GOOD
@@ -91,10 +74,10 @@ def test_folder_to_parquet_to_wds_to_mds_keeps_every_image_and_caption(folder, t
     assert sorted(s.image for s in read_back) == sorted(r.image for r in records)
     assert sorted(s.caption for s in read_back) == sorted(r.caption for r in records)
 
-    want_captions, want_images = _everything("folder", source)
+    want_captions, want_images = one_batch(SourceConfig(kind="folder", path=str(source), name="s"), GOOD)
     for kind, path, options in (("parquet", tmp_path / "pq", {}), ("webdataset", tmp_path / "wds", {}),
                                 ("mds", tmp_path / "mds", {"cache_dir": str(tmp_path / "cache2")})):  # fmt: skip
-        captions, images = _everything(kind, path, **options)
+        captions, images = one_batch(SourceConfig(kind=kind, path=str(path), name="s", **options), GOOD)
         assert captions == want_captions and torch.equal(images, want_images)
 
 
@@ -103,15 +86,15 @@ def test_hf_sources_convert_and_read_back(folder, tmp_path, capsys):
     _, records = folder
     rows = {"image": [{"bytes": r.image, "path": None} for r in records], "text": [r.caption for r in records]}
     datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "hf"), num_shards=2)
-    assert run(["data", "convert", str(tmp_path / "hf"), "--to", "mds", str(tmp_path / "mds"),
+    assert run_data_command(["data", "convert", str(tmp_path / "hf"), "--to", "mds", str(tmp_path / "mds"),
                 "--image-encoding", "png"]) == 0  # fmt: skip
     text = capsys.readouterr().out
     jpegs = sum(r.image_suffix == ".jpg" for r in records)
     assert f"wrote {GOOD} samples" in text and f"re-encoded {jpegs}" in text  # the JPEGs, losslessly to PNG
-    assert run(["data", "convert", str(tmp_path / "hf"), "--kind", "hf", "--streaming", "--to", "wds",
+    assert run_data_command(["data", "convert", str(tmp_path / "hf"), "--kind", "hf", "--streaming", "--to", "wds",
                 str(tmp_path / "wds"), "--limit", "12"]) == 0  # fmt: skip
     assert "wrote 12 samples" in capsys.readouterr().out
-    assert run(["data", "convert", str(tmp_path / "mds"), "--to", "parquet", str(tmp_path / "pq")]) == 0
+    assert run_data_command(["data", "convert", str(tmp_path / "mds"), "--to", "parquet", str(tmp_path / "pq")]) == 0
     import pyarrow.parquet as pq
     from PIL import Image
 
@@ -128,10 +111,10 @@ def test_refusals(folder, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(DataError, match="is not empty"):
-        run(["data", "convert", str(source), "--to", "wds", str(tmp_path / "full")])
+        run_data_command(["data", "convert", str(source), "--to", "wds", str(tmp_path / "full")])
     with pytest.raises(DataError, match="generated on the fly"):
-        run(["data", "convert", "scenes", "--to", "wds", str(tmp_path / "out")])
+        run_data_command(["data", "convert", "scenes", "--to", "wds", str(tmp_path / "out")])
     with pytest.raises(DataError, match="Cannot read size"):
-        run(["data", "convert", str(source), "--to", "wds", str(tmp_path / "out"), "--shard-size", "lots"])
+        run_data_command(["data", "convert", str(source), "--to", "wds", str(tmp_path / "out"), "--shard-size", "lots"])
     assert parse_size("64MB") == 64 << 20 and parse_size("1GiB") == 1 << 30 and parse_size("500") == 500
     assert not os.path.exists(tmp_path / "out")

@@ -5,16 +5,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-import numpy as np
 import pytest
 import torch
 
 datasets = pytest.importorskip("datasets")
 
-from prx_core.data.config import DataConfig, SourceConfig  # noqa: E402
+from prx_core.data.config import SourceConfig  # noqa: E402
 from prx_core.data.loader import build_loader  # noqa: E402
 from prx_core.data.writers import synthetic_records, write_folder  # noqa: E402
 from prx_core.errors import DataError, RecipeError  # noqa: E402
+
+from data_helpers import by_caption, data_config, sample_ids, take  # noqa: E402
 
 COUNT = 60
 
@@ -44,24 +45,6 @@ def hf_dirs(tmp_path_factory):
     return root, records
 
 
-def _data(*sources, **options) -> DataConfig:
-    return DataConfig(resolution=32, sources=list(sources), **options)
-
-
-def _take(loader, n):
-    it = iter(loader)
-    return [next(it) for _ in range(n)]
-
-
-def _ids(batches):
-    return [i for b in batches for i in b.ids]
-
-
-def _by_caption(batch):
-    order = np.argsort(batch.captions, kind="stable")
-    return [batch.captions[i] for i in order], batch.images[order]
-
-
 @pytest.mark.parametrize(
     ("path", "options"),
     [
@@ -77,15 +60,15 @@ def test_hf_yields_the_folders_samples(hf_dirs, tmp_path, path, options):
     from a folder (detected columns: Image feature / bytes "jpg"; "text" / "prompt")."""
     root, records = hf_dirs
     folder = build_loader(
-        _data(SourceConfig(kind="folder", path=str(root / "folder"), name="s"), buckets=False),
+        data_config(SourceConfig(kind="folder", path=str(root / "folder"), name="s"), buckets=False),
         resolution=32, batch_size=COUNT, patch=16, seed=0,
     )  # fmt: skip
     source = SourceConfig(kind="hf", path=str(root / path), name="s", cache_dir=str(tmp_path / "cache"), **options)
-    loader = build_loader(_data(source, buckets=False), resolution=32, batch_size=COUNT, patch=16, seed=0)
-    (expected,) = _take(folder, 1)
-    (batch,) = _take(loader, 1)
-    want_captions, want_images = _by_caption(expected)
-    captions, images = _by_caption(batch)
+    loader = build_loader(data_config(source, buckets=False), resolution=32, batch_size=COUNT, patch=16, seed=0)
+    (expected,) = take(folder, 1)
+    (batch,) = take(loader, 1)
+    want_captions, want_images = by_caption(expected)
+    captions, images = by_caption(batch)
     assert captions == want_captions
     assert torch.equal(images, want_images)
     assert len(set(batch.ids)) == COUNT
@@ -94,14 +77,14 @@ def test_hf_yields_the_folders_samples(hf_dirs, tmp_path, path, options):
 def test_ids_are_rows_shards_or_the_id_column(hf_dirs, tmp_path):
     root, records = hf_dirs
     cache = str(tmp_path / "cache")
-    (batch,) = _take(build_loader(_data(SourceConfig(kind="hf", path=str(root / "saved")), buckets=False),
+    (batch,) = take(build_loader(data_config(SourceConfig(kind="hf", path=str(root / "saved")), buckets=False),
                                   resolution=32, batch_size=8, patch=16, seed=0), 1)  # fmt: skip
     assert all(i.startswith("saved:") and i.split(":")[1].isdigit() for i in batch.ids)
     stream = SourceConfig(kind="hf", path=str(root / "saved"), streaming=True)
-    (batch,) = _take(build_loader(_data(stream, buckets=False), resolution=32, batch_size=8, patch=16, seed=0), 1)
+    (batch,) = take(build_loader(data_config(stream, buckets=False), resolution=32, batch_size=8, patch=16, seed=0), 1)
     assert all(len(i.split(":")[1].split("/")) == 2 for i in batch.ids)  # <shard>/<row>
     keyed = SourceConfig(kind="hf", path=str(root / "pq"), id_column="uid", cache_dir=cache)
-    (batch,) = _take(build_loader(_data(keyed, buckets=False), resolution=32, batch_size=8, patch=16, seed=0), 1)
+    (batch,) = take(build_loader(data_config(keyed, buckets=False), resolution=32, batch_size=8, patch=16, seed=0), 1)
     assert {i.split(":")[1] for i in batch.ids} <= {r.key for r in records}
 
 
@@ -113,25 +96,25 @@ def test_ambiguous_columns_are_listed(hf_dirs, tmp_path):
     two_texts.save_to_disk(str(tmp_path / "two"))
     source = SourceConfig(kind="hf", path=str(tmp_path / "two"))
     with pytest.raises(DataError, match=r"captions \(its columns: img \(binary\), alpha \(string\), beta \(string\)\)"):
-        build_loader(_data(source), resolution=32, batch_size=2, patch=16, seed=0)
+        build_loader(data_config(source), resolution=32, batch_size=2, patch=16, seed=0)
     source.caption_column = "beta"
-    (batch,) = _take(build_loader(_data(source, buckets=False), resolution=32, batch_size=4, patch=16, seed=0), 1)
+    (batch,) = take(build_loader(data_config(source, buckets=False), resolution=32, batch_size=4, patch=16, seed=0), 1)
     assert batch.captions == ["b"] * 4
     source.caption_column = "gamma"
     with pytest.raises(DataError, match="no column 'gamma'.*caption_column"):
-        build_loader(_data(source), resolution=32, batch_size=2, patch=16, seed=0)
+        build_loader(data_config(source), resolution=32, batch_size=2, patch=16, seed=0)
 
 
 def test_unknown_split_names_the_splits(hf_dirs):
     root, _ = hf_dirs
     with pytest.raises(DataError, match=r"splits \['validation'\], not 'train'"):
-        build_loader(_data(SourceConfig(kind="hf", path=str(root / "dict"))), resolution=32, batch_size=2, patch=16, seed=0)
+        build_loader(data_config(SourceConfig(kind="hf", path=str(root / "dict"))), resolution=32, batch_size=2, patch=16, seed=0)
 
 
 def test_unreachable_hub_id_is_a_data_error(tmp_path):
     source = SourceConfig(kind="hf", path="nobody-here/no-such-dataset", cache_dir=str(tmp_path))
     with pytest.raises(DataError, match="could not open it.*hub id"):
-        build_loader(_data(source), resolution=32, batch_size=2, patch=16, seed=0)
+        build_loader(data_config(source), resolution=32, batch_size=2, patch=16, seed=0)
 
 
 def test_missing_datasets_library_fails_validation_naming_the_extra(monkeypatch):
@@ -140,7 +123,7 @@ def test_missing_datasets_library_fails_validation_naming_the_extra(monkeypatch)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
     with pytest.raises(RecipeError, match=r"prx\[hf\]"):
-        build_loader(_data(SourceConfig(kind="hf", path="x")), resolution=32, batch_size=2, patch=16, seed=0)
+        build_loader(data_config(SourceConfig(kind="hf", path="x")), resolution=32, batch_size=2, patch=16, seed=0)
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -152,12 +135,12 @@ def test_ranks_partition_an_epoch(hf_dirs, streaming):
         seen = []
         for rank in range(world):
             source = SourceConfig(kind="hf", path=str(root / "saved"), name="s", streaming=streaming)
-            loader = build_loader(_data(source, buckets=False, shuffle_window=8), resolution=32, batch_size=1,
+            loader = build_loader(data_config(source, buckets=False, shuffle_window=8), resolution=32, batch_size=1,
                                   patch=16, seed=3, rank=rank, world_size=world)  # fmt: skip
             mine = 30 if world == 2 else 20  # 4 shards of 15 over 3 ranks: 2, 1, 1 shards -> 30, 15, 15
             if streaming and world == 3:
                 mine = (30, 15, 15)[rank]
-            seen.extend(_ids(_take(loader, mine)))
+            seen.extend(sample_ids(take(loader, mine)))
         assert len(seen) == COUNT and len(set(seen)) == COUNT
 
 
@@ -166,16 +149,16 @@ def test_stream_with_fewer_shards_than_ranks_interleaves_rows(hf_dirs, tmp_path)
     seen = []
     for rank in range(4):  # the parquet directory has 3 files
         source = SourceConfig(kind="hf", path=str(root / "pq"), streaming=True, name="s", cache_dir=str(tmp_path))
-        loader = build_loader(_data(source, buckets=False), resolution=32, batch_size=1, patch=16, seed=0,
+        loader = build_loader(data_config(source, buckets=False), resolution=32, batch_size=1, patch=16, seed=0,
                               rank=rank, world_size=4)  # fmt: skip
-        seen.extend(_ids(_take(loader, 15)))
+        seen.extend(sample_ids(take(loader, 15)))
     assert len(set(seen)) == COUNT
 
 
 def test_stream_epochs_reshuffle_and_repeat(hf_dirs):
     root, _ = hf_dirs
     source = SourceConfig(kind="hf", path=str(root / "saved"), streaming=True)
-    ids = _ids(_take(build_loader(_data(source, buckets=False, shuffle_window=16), resolution=32, batch_size=20,
+    ids = sample_ids(take(build_loader(data_config(source, buckets=False, shuffle_window=16), resolution=32, batch_size=20,
                                   patch=16, seed=0), 6))  # fmt: skip
     first, second = ids[:COUNT], ids[COUNT:]
     assert sorted(first) == sorted(second) and len(set(first)) == COUNT and first != second
@@ -194,11 +177,11 @@ def test_exact_resume_of_a_mixture_with_a_stream(hf_dirs, tmp_path, workers_befo
     ]  # fmt: skip
 
     def make(workers):
-        data = _data(*sources, workers=workers, shuffle_window=7)
+        data = data_config(*sources, workers=workers, shuffle_window=7)
         return build_loader(data, resolution=64, batch_size=5, patch=16, seed=5, rank=1, world_size=2)
 
     reference = make(workers_before)
-    expected = _take(reference, 24)
+    expected = take(reference, 24)
     reference.close()
     first = make(workers_before)
     it = iter(first)
@@ -209,9 +192,9 @@ def test_exact_resume_of_a_mixture_with_a_stream(hf_dirs, tmp_path, workers_befo
     first.close()
     resumed = make(workers_after)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    after = _take(resumed, 15)
+    after = take(resumed, 15)
     resumed.close()
-    assert _ids(before + after) == _ids(expected)
+    assert sample_ids(before + after) == sample_ids(expected)
     for a, b in zip(before + after, expected):
         assert torch.equal(a.images, b.images) and a.captions == b.captions
     stats = resumed.stats()
@@ -221,7 +204,7 @@ def test_exact_resume_of_a_mixture_with_a_stream(hf_dirs, tmp_path, workers_befo
 
 def test_stream_needs_weights_in_a_mixture(hf_dirs):
     root, _ = hf_dirs
-    data = _data(
+    data = data_config(
         SourceConfig(kind="hf", path=str(root / "saved"), streaming=True),
         SourceConfig(kind="folder", path=str(root / "folder")),
     )
@@ -236,7 +219,7 @@ def test_image_paths_relative_to_the_dataset(tmp_path):
     rows = {"image_path": [f"images/{r.key}{r.image_suffix}" for r in records], "caption": [r.caption for r in records]}
     datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "data" / "train.parquet"))
     source = SourceConfig(kind="hf", path=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
-    (batch,) = _take(build_loader(_data(source, buckets=False), resolution=32, batch_size=4, patch=16, seed=0), 1)
+    (batch,) = take(build_loader(data_config(source, buckets=False), resolution=32, batch_size=4, patch=16, seed=0), 1)
     assert sorted(batch.captions) == sorted(r.caption for r in records)
     assert os.path.isdir(tmp_path / "cache")  # datasets' Arrow copy went where the recipe said
 

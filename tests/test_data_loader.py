@@ -14,6 +14,8 @@ from prx_core.data.order import epoch_order
 from prx_core.data.writers import synthetic_records, write_folder, write_parquet, write_webdataset
 from prx_core.errors import DataError, RecipeError
 
+from data_helpers import data_config, sample_ids, take
+
 COUNT = 120
 
 
@@ -31,19 +33,6 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def _data(*sources: SourceConfig, **options) -> DataConfig:
-    return DataConfig(resolution=32, sources=list(sources), **options)
-
-
-def _take(loader, n):
-    it = iter(loader)
-    return [next(it) for _ in range(n)]
-
-
-def _ids(batches):
-    return [i for b in batches for i in b.ids]
-
-
 def test_every_kind_yields_the_same_samples(data_dir):
     seen = {}
     for kind, path in [
@@ -52,9 +41,9 @@ def test_every_kind_yields_the_same_samples(data_dir):
         ("parquet", data_dir / "hf"),
         ("webdataset", f"{data_dir}/tars/shard-{{00000..00002}}.tar"),
     ]:
-        data = _data(SourceConfig(kind=kind, path=str(path), name="s"), buckets=False)
+        data = data_config(SourceConfig(kind=kind, path=str(path), name="s"), buckets=False)
         loader = build_loader(data, resolution=32, batch_size=COUNT, patch=16, seed=0)
-        (batch,) = _take(loader, 1)
+        (batch,) = take(loader, 1)
         assert batch.images.shape == (COUNT, 3, 32, 32) and batch.images.dtype == torch.float32
         assert -1.0 <= batch.images.min() and batch.images.max() <= 1.0
         order = np.argsort(batch.captions, kind="stable")
@@ -67,18 +56,18 @@ def test_every_kind_yields_the_same_samples(data_dir):
 
 
 def test_ids_name_source_and_sample(data_dir):
-    data = _data(SourceConfig(kind="parquet", path=str(data_dir / "parquet")), buckets=False)
-    (batch,) = _take(build_loader(data, resolution=32, batch_size=4, patch=16, seed=0), 1)
+    data = data_config(SourceConfig(kind="parquet", path=str(data_dir / "parquet")), buckets=False)
+    (batch,) = take(build_loader(data, resolution=32, batch_size=4, patch=16, seed=0), 1)
     assert all(i.startswith("parquet:part-0000") and "/" in i for i in batch.ids)
-    data = _data(SourceConfig(kind="folder", path=str(data_dir / "folder"), name="mine"), buckets=False)
-    (batch,) = _take(build_loader(data, resolution=32, batch_size=4, patch=16, seed=0), 1)
+    data = data_config(SourceConfig(kind="folder", path=str(data_dir / "folder"), name="mine"), buckets=False)
+    (batch,) = take(build_loader(data, resolution=32, batch_size=4, patch=16, seed=0), 1)
     assert all(i.startswith("mine:img-") for i in batch.ids)
 
 
 def test_every_batch_holds_one_bucket(data_dir):
-    data = _data(SourceConfig(kind="folder", path=str(data_dir / "folder")))
+    data = data_config(SourceConfig(kind="folder", path=str(data_dir / "folder")))
     loader = build_loader(data, resolution=64, batch_size=5, patch=16, seed=0)
-    shapes = {tuple(b.images.shape) for b in _take(loader, 20)}
+    shapes = {tuple(b.images.shape) for b in take(loader, 20)}
     assert len(shapes) >= 3  # five aspect ratios in the data land in several buckets
     assert all(s[0] == 5 and s[2] % 16 == 0 and s[3] % 16 == 0 for s in shapes)
     assert {(s[3], s[2]) for s in shapes} <= set(loader.buckets)
@@ -87,11 +76,11 @@ def test_every_batch_holds_one_bucket(data_dir):
 def test_scenes_render_at_the_bucket_size():
     data = DataConfig(resolution=64)
     loader = build_loader(data, resolution=64, batch_size=8, patch=4, seed=0)
-    batches = _take(loader, 6)
+    batches = take(loader, 6)
     assert all(b.ids[0].startswith("scenes:") for b in batches)
     assert len({tuple(b.images.shape) for b in batches}) > 1
     square = build_loader(DataConfig(resolution=64, buckets=False), resolution=64, batch_size=8, patch=4, seed=0)
-    (batch,) = _take(square, 1)
+    (batch,) = take(square, 1)
     assert batch.images.shape == (8, 3, 64, 64)
     assert batch.ids == [f"scenes:{i}" for i in range(8)]
 
@@ -99,19 +88,19 @@ def test_scenes_render_at_the_bucket_size():
 def test_mixture_follows_weights(data_dir):
     folder = SourceConfig(kind="folder", path=str(data_dir / "folder"))
     small = SourceConfig(kind="folder", path=str(data_dir / "small"))
-    natural = build_loader(_data(folder, small, buckets=False), resolution=32, batch_size=10, patch=16, seed=0)
-    _take(natural, 40)
+    natural = build_loader(data_config(folder, small, buckets=False), resolution=32, batch_size=10, patch=16, seed=0)
+    take(natural, 40)
     stats = natural.stats()
     assert stats["seen"] == 400
     assert stats["seen/folder"] / 400 == pytest.approx(COUNT / (COUNT + 40), abs=0.07)
     folder.weight, small.weight = 1.0, 3.0
-    weighted = build_loader(_data(folder, small, buckets=False), resolution=32, batch_size=10, patch=16, seed=0)
-    _take(weighted, 40)
+    weighted = build_loader(data_config(folder, small, buckets=False), resolution=32, batch_size=10, patch=16, seed=0)
+    take(weighted, 40)
     assert weighted.stats()["seen/small"] / 400 == pytest.approx(0.75, abs=0.07)
 
 
 def test_mixture_with_scenes_needs_weights(data_dir):
-    data = _data(SourceConfig(kind="folder", path=str(data_dir / "folder")), SourceConfig(kind="scenes"))
+    data = data_config(SourceConfig(kind="folder", path=str(data_dir / "folder")), SourceConfig(kind="scenes"))
     with pytest.raises(RecipeError, match="give every source a weight"):
         build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
 
@@ -120,30 +109,30 @@ def test_mixture_with_scenes_needs_weights(data_dir):
 def test_ranks_partition_an_epoch(data_dir, kind, path, workers):
     """2 ranks x ``workers`` workers: one epoch visits every sample exactly once. (Parquet is
     split by row group, 16 + 16 + 8 rows per file, so the ranks' epochs differ in length.)"""
-    data = _data(SourceConfig(kind=kind, path=str(data_dir / path), name="s"), buckets=False, workers=workers)
+    data = data_config(SourceConfig(kind=kind, path=str(data_dir / path), name="s"), buckets=False, workers=workers)
     seen = []
     for rank in range(2):
         loader = build_loader(data, resolution=32, batch_size=1, patch=16, seed=3, rank=rank, world_size=2)
         sizes = loader.sources[0].blocks
         n = len(epoch_order(COUNT, sizes, name="s", seed=3, epoch=0, rank=rank, world_size=2, window=4))
-        seen.extend(_ids(_take(loader, n)))
+        seen.extend(sample_ids(take(loader, n)))
         loader.close()
     assert len(seen) == COUNT and len(set(seen)) == COUNT
 
 
 def test_epochs_roll_over_reshuffled(data_dir):
-    data = _data(SourceConfig(kind="folder", path=str(data_dir / "folder")), buckets=False)
-    ids = _ids(_take(build_loader(data, resolution=32, batch_size=40, patch=16, seed=0), 6))
+    data = data_config(SourceConfig(kind="folder", path=str(data_dir / "folder")), buckets=False)
+    ids = sample_ids(take(build_loader(data, resolution=32, batch_size=40, patch=16, seed=0), 6))
     first, second = ids[:COUNT], ids[COUNT:]
     assert sorted(first) == sorted(second) and len(set(first)) == COUNT
     assert first != second
 
 
 def test_seed_changes_the_order_and_repeats_it(data_dir):
-    data = _data(SourceConfig(kind="folder", path=str(data_dir / "folder")), buckets=False)
-    a = _ids(_take(build_loader(data, resolution=32, batch_size=10, patch=16, seed=0), 2))
-    b = _ids(_take(build_loader(data, resolution=32, batch_size=10, patch=16, seed=0), 2))
-    c = _ids(_take(build_loader(data, resolution=32, batch_size=10, patch=16, seed=1), 2))
+    data = data_config(SourceConfig(kind="folder", path=str(data_dir / "folder")), buckets=False)
+    a = sample_ids(take(build_loader(data, resolution=32, batch_size=10, patch=16, seed=0), 2))
+    b = sample_ids(take(build_loader(data, resolution=32, batch_size=10, patch=16, seed=0), 2))
+    c = sample_ids(take(build_loader(data, resolution=32, batch_size=10, patch=16, seed=1), 2))
     assert a == b and a != c
 
 
@@ -157,10 +146,10 @@ def test_exact_resume_mid_epoch(data_dir, tmp_path, workers_before, workers_afte
     ]
 
     def make(workers):
-        data = _data(*sources, workers=workers)
+        data = data_config(*sources, workers=workers)
         return build_loader(data, resolution=64, batch_size=6, patch=16, seed=5, rank=1, world_size=2)
 
-    reference = _take(make(workers_before), 30)
+    reference = take(make(workers_before), 30)
     first = make(workers_before)
     it = iter(first)
     before = [next(it) for _ in range(12)]
@@ -170,9 +159,9 @@ def test_exact_resume_mid_epoch(data_dir, tmp_path, workers_before, workers_afte
     first.close()
     resumed = make(workers_after)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    after = _take(resumed, 18)
+    after = take(resumed, 18)
     resumed.close()
-    assert _ids(before + after) == _ids(reference)
+    assert sample_ids(before + after) == sample_ids(reference)
     for a, b in zip(before + after, reference):
         assert torch.equal(a.images, b.images) and a.captions == b.captions
     assert resumed.stats()["seen"] > COUNT // 2  # the run crossed into this rank's next epochs
@@ -180,54 +169,54 @@ def test_exact_resume_mid_epoch(data_dir, tmp_path, workers_before, workers_afte
 
 def test_state_carries_over_a_resolution_change(data_dir):
     """The phase boundary: a state from a 32 px loader continues the stream in a 64 px one."""
-    data = _data(SourceConfig(kind="folder", path=str(data_dir / "folder")))
+    data = data_config(SourceConfig(kind="folder", path=str(data_dir / "folder")))
     low = build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
-    early = _ids(_take(low, 5))
+    early = sample_ids(take(low, 5))
     state = low.state_dict()
     high = build_loader(data, resolution=64, batch_size=8, patch=16, seed=0)
     high.load_state_dict(state)
-    later = _take(high, 4)
+    later = take(high, 4)
     assert all(b.images.shape[0] == 8 for b in later)
-    ids = early + _ids(later)
+    ids = early + sample_ids(later)
     assert len(ids) == len(set(ids))  # nothing seen twice within the epoch
     assert high.stats()["batches"] == 9
 
 
 def test_load_state_from_other_sources_is_refused(data_dir):
-    a = build_loader(_data(SourceConfig(kind="folder", path=str(data_dir / "folder"))), resolution=32, batch_size=4, patch=16, seed=0)
-    b = build_loader(_data(SourceConfig(kind="folder", path=str(data_dir / "small"))), resolution=32, batch_size=4, patch=16, seed=0)
+    a = build_loader(data_config(SourceConfig(kind="folder", path=str(data_dir / "folder"))), resolution=32, batch_size=4, patch=16, seed=0)
+    b = build_loader(data_config(SourceConfig(kind="folder", path=str(data_dir / "small"))), resolution=32, batch_size=4, patch=16, seed=0)
     with pytest.raises(DataError, match="resume with the sources the run started with"):
         b.load_state_dict(a.state_dict())
 
 
 def test_close_stops_the_workers(data_dir):
-    data = _data(SourceConfig(kind="folder", path=str(data_dir / "folder")), workers=2)
+    data = data_config(SourceConfig(kind="folder", path=str(data_dir / "folder")), workers=2)
     loader = build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
-    _take(loader, 2)
+    take(loader, 2)
     assert len(multiprocessing.active_children()) >= 2
     loader.close()
     assert multiprocessing.active_children() == []
     with pytest.raises(RuntimeError, match="closed"):
-        _take(loader, 1)
+        take(loader, 1)
 
 
 def test_missing_path_is_a_data_error(tmp_path):
-    data = _data(SourceConfig(kind="parquet", path=str(tmp_path / "nowhere")))
+    data = data_config(SourceConfig(kind="parquet", path=str(tmp_path / "nowhere")))
     with pytest.raises(DataError, match="No Parquet files"):
         build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
-    data = _data(SourceConfig(kind="parquet", path=str(tmp_path)), SourceConfig(kind="folder", path=""))
+    data = data_config(SourceConfig(kind="parquet", path=str(tmp_path)), SourceConfig(kind="folder", path=""))
     with pytest.raises(RecipeError, match=r"sources\[1\]: kind = 'folder' needs a path"):
         build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
 
 
 def test_wrong_parquet_column_names_the_key(data_dir):
-    data = _data(SourceConfig(kind="parquet", path=str(data_dir / "parquet"), caption_column="text"))
+    data = data_config(SourceConfig(kind="parquet", path=str(data_dir / "parquet"), caption_column="text"))
     with pytest.raises(DataError, match="no column 'text'.*caption_column"):
         build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
 
 
 def test_too_few_row_groups_for_the_ranks(data_dir):
-    data = _data(SourceConfig(kind="parquet", path=str(data_dir / "hf")))  # 4 row groups
+    data = data_config(SourceConfig(kind="parquet", path=str(data_dir / "hf")))  # 4 row groups
     with pytest.raises(DataError, match="fewer than the 8 ranks"):
         build_loader(data, resolution=32, batch_size=4, patch=16, seed=0, rank=5, world_size=8)
 
@@ -235,11 +224,11 @@ def test_too_few_row_groups_for_the_ranks(data_dir):
 def test_fsspec_urls_read_like_paths(data_dir):
     pytest.importorskip("fsspec")
     url = "file://" + os.path.join(str(data_dir), "tars", "shard-*.tar")
-    data = _data(SourceConfig(kind="webdataset", path=url, name="s"), buckets=False)
-    local = _data(SourceConfig(kind="webdataset", path=str(data_dir / "tars"), name="s"), buckets=False)
-    a = _take(build_loader(data, resolution=32, batch_size=8, patch=16, seed=0), 2)
-    b = _take(build_loader(local, resolution=32, batch_size=8, patch=16, seed=0), 2)
-    assert _ids(a) == _ids(b) and all(torch.equal(x.images, y.images) for x, y in zip(a, b))
+    data = data_config(SourceConfig(kind="webdataset", path=url, name="s"), buckets=False)
+    local = data_config(SourceConfig(kind="webdataset", path=str(data_dir / "tars"), name="s"), buckets=False)
+    a = take(build_loader(data, resolution=32, batch_size=8, patch=16, seed=0), 2)
+    b = take(build_loader(local, resolution=32, batch_size=8, patch=16, seed=0), 2)
+    assert sample_ids(a) == sample_ids(b) and all(torch.equal(x.images, y.images) for x, y in zip(a, b))
 
 
 def test_json_captions_and_struct_images_by_path(tmp_path):
@@ -268,5 +257,5 @@ def test_json_captions_and_struct_images_by_path(tmp_path):
         SourceConfig(kind="webdataset", path=str(tmp_path / "tars")),
         SourceConfig(kind="parquet", path=str(tmp_path / "pq"), image_column="img", caption_column="text"),
     ):
-        (batch,) = _take(build_loader(_data(source, buckets=False), resolution=32, batch_size=6, patch=16, seed=0), 1)
+        (batch,) = take(build_loader(data_config(source, buckets=False), resolution=32, batch_size=6, patch=16, seed=0), 1)
         assert sorted(batch.captions) == expected

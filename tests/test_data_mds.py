@@ -13,13 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from prx_core.data import mds_format
-from prx_core.data.config import DataConfig, SourceConfig
+from prx_core.data.config import SourceConfig
 from prx_core.data.decode import BadSample
 from prx_core.data.loader import build_loader
 from prx_core.data.mds_format import MDSWriter
 from prx_core.data.writers import synthetic_records, write_folder
 from prx_core.errors import DataError
+
+from data_helpers import by_caption, data_config, sample_ids, take
 
 COUNT = 48
 
@@ -42,29 +43,11 @@ def write_mds(directory, records, **options):
     return str(directory)
 
 
-def _data(*sources, **options):
-    return DataConfig(resolution=32, sources=list(sources), **options)
-
-
-def _take(loader, n):
-    it = iter(loader)
-    return [next(it) for _ in range(n)]
-
-
-def _ids(batches):
-    return [i for b in batches for i in b.ids]
-
-
-def _sorted(batch):
-    order = np.argsort(batch.captions, kind="stable")
-    return [batch.captions[i] for i in order], batch.images[order]
-
-
 def _all(path_or_source, n=COUNT, **options):
     source = path_or_source if isinstance(path_or_source, SourceConfig) else SourceConfig(kind="mds", path=path_or_source)
     source.name = "s"
-    loader = build_loader(_data(source, buckets=False, **options), resolution=32, batch_size=n, patch=16, seed=0)
-    (batch,) = _take(loader, 1)
+    loader = build_loader(data_config(source, buckets=False, **options), resolution=32, batch_size=n, patch=16, seed=0)
+    (batch,) = take(loader, 1)
     return batch
 
 
@@ -152,8 +135,8 @@ def test_every_compression_decodes_to_the_folders_pixels(tmp_path, records, fold
         pytest.importorskip({"zstd": "zstandard", "br": "brotli", "snappy": "cramjam"}[compression.split(":")[0]])
     write_mds(tmp_path / "mds", records, compression=compression, hashes=["sha1", "xxh3_64"], size_limit=30_000)
     source = SourceConfig(kind="mds", path=str(tmp_path / "mds"), cache_dir=str(tmp_path / "cache"))
-    captions, images = _sorted(_all(source))
-    want_captions, want_images = _sorted(_folder_batch(folder))
+    captions, images = by_caption(_all(source))
+    want_captions, want_images = by_caption(_folder_batch(folder))
     assert captions == want_captions and torch.equal(images, want_images)
     if compression:
         stored = [f for f in os.listdir(tmp_path / "mds") if f.endswith(".mds." + compression.split(":")[0])]
@@ -167,7 +150,7 @@ def test_remote_shards_go_through_the_cache(tmp_path, records, folder):
     with pytest.raises(DataError, match="is remote: set cache_dir"):
         _all(SourceConfig(kind="mds", path=url))
     batch = _all(SourceConfig(kind="mds", path=url, cache_dir=str(tmp_path / "cache")))
-    assert _sorted(batch)[0] == _sorted(_folder_batch(folder))[0]
+    assert by_caption(batch)[0] == by_caption(_folder_batch(folder))[0]
     assert len(os.listdir(tmp_path / "cache")) == len(json.loads((tmp_path / "mds" / "index.json").read_text())["shards"])
 
 
@@ -179,9 +162,9 @@ def test_corrupt_shard_costs_its_samples_with_the_reason(tmp_path, records):
     shard.write_bytes(bytes(data))
     in_first = json.loads((tmp_path / "mds" / "index.json").read_text())["shards"][0]["samples"]
     source = SourceConfig(kind="mds", path=str(tmp_path / "mds"), cache_dir=str(tmp_path / "cache"), name="s")
-    loader = build_loader(_data(source, buckets=False, max_bad_share=0.9), resolution=32, batch_size=4, patch=16, seed=0)
+    loader = build_loader(data_config(source, buckets=False, max_bad_share=0.9), resolution=32, batch_size=4, patch=16, seed=0)
     good = COUNT - in_first
-    _take(loader, good // 4)
+    take(loader, good // 4)
     stats = loader.stats()
     assert stats["bad/unreadable"] == stats["seen"] - 4 * (good // 4) > 0
     with pytest.raises(BadSample, match="sha1 is .* the index says .*corrupt"):
@@ -222,7 +205,7 @@ def test_pil_and_ndarray_image_columns(tmp_path, records):
         entry["column_encodings"] = ["str", "pil"]
     (tmp_path / "pil" / "index.json").write_text(json.dumps(index))
     pil = _all(str(tmp_path / "pil"), n=4)
-    assert torch.equal(_sorted(nd)[1], _sorted(pil)[1])
+    assert torch.equal(by_caption(nd)[1], by_caption(pil)[1])
     assert sorted(nd.captions) == sorted(r.caption for r in records[:4])
 
 
@@ -243,14 +226,14 @@ def test_ranks_partition_an_epoch(tmp_path, records, compressed):
     seen = []
     for rank in range(2):
         source = SourceConfig(kind="mds", path=str(tmp_path / "mds"), name="s", cache_dir=str(tmp_path / "c"))
-        loader = build_loader(_data(source, buckets=False, workers=1), resolution=32, batch_size=1, patch=16, seed=1,
+        loader = build_loader(data_config(source, buckets=False, workers=1), resolution=32, batch_size=1, patch=16, seed=1,
                               rank=rank, world_size=2)  # fmt: skip
         blocks = loader.sources[0].blocks
         assert (blocks is not None) == compressed
         from prx_core.data.order import epoch_order
 
         n = len(epoch_order(COUNT, blocks, name="s", seed=1, epoch=0, rank=rank, world_size=2, window=4))
-        seen.extend(_ids(_take(loader, n)))
+        seen.extend(sample_ids(take(loader, n)))
         loader.close()
     assert len(seen) == COUNT and len(set(seen)) == COUNT
 
@@ -263,9 +246,9 @@ def test_exact_resume_with_mds(tmp_path, records, folder):
     ]
 
     def make(workers):
-        return build_loader(_data(*sources, workers=workers), resolution=64, batch_size=4, patch=16, seed=2)
+        return build_loader(data_config(*sources, workers=workers), resolution=64, batch_size=4, patch=16, seed=2)
 
-    expected = _take(make(0), 20)
+    expected = take(make(0), 20)
     first = make(2)
     it = iter(first)
     before = [next(it) for _ in range(8)]
@@ -273,6 +256,6 @@ def test_exact_resume_with_mds(tmp_path, records, folder):
     first.close()
     resumed = make(0)
     resumed.load_state_dict(state)
-    after = _take(resumed, 12)
-    assert _ids(before + after) == _ids(expected)
+    after = take(resumed, 12)
+    assert sample_ids(before + after) == sample_ids(expected)
     assert all(torch.equal(a.images, b.images) for a, b in zip(before + after, expected))
