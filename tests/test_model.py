@@ -97,6 +97,46 @@ def test_at_init_the_output_is_zero_and_every_block_is_the_identity():
     assert seen == [True] * SMALL.depth
 
 
+def zeroed_layers(model: PRXDenoiser) -> list[torch.nn.Linear]:
+    return [model.final_modulation, model.final] + [block.modulation for block in model.blocks]
+
+
+def test_pytorch_init_is_pytorchs_default_linear_init_with_the_adaln_layers_zeroed():
+    """PRX's init: Kaiming-uniform (a = sqrt 5) weights and biases, both within +-1/sqrt(fan_in)."""
+    torch.manual_seed(0)
+    model = PRXDenoiser(SMALL, init="pytorch")
+    zeroed = {id(m) for m in zeroed_layers(model)}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module) not in zeroed:
+            bound = 1 / math.sqrt(module.in_features)
+            assert module.weight.abs().max() <= bound and module.weight.abs().max() > 0.9 * bound
+            if module.bias is not None:
+                assert module.bias.abs().max() <= bound and module.bias.abs().max() > 0
+    assert all(not m.weight.any() and not m.bias.any() for m in zeroed_layers(model))
+
+
+def test_xavier_init_has_xavier_weights_zero_biases_and_a_narrow_time_mlp():
+    torch.manual_seed(0)
+    model = PRXDenoiser(SMALL, init="xavier")
+    zeroed = {id(m) for m in zeroed_layers(model)}
+    time_layers = {id(m) for m in model.time_in if isinstance(m, torch.nn.Linear)}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module) not in zeroed | time_layers:
+            bound = math.sqrt(6 / (module.in_features + module.out_features))
+            assert module.weight.abs().max() <= bound and module.weight.abs().max() > 0.9 * bound
+            if module.bias is not None:
+                assert not module.bias.any()
+    for layer in model.time_in:
+        if isinstance(layer, torch.nn.Linear):
+            assert 0.015 < layer.weight.std() < 0.025 and not layer.bias.any()
+    assert all(not m.weight.any() and not m.bias.any() for m in zeroed_layers(model))
+
+
+def test_an_unknown_init_scheme_is_refused():
+    with pytest.raises(ValueError, match="init = 'kaiming'"):
+        PRXDenoiser(SMALL, init="kaiming")
+
+
 def test_gradients_reach_every_parameter_once_the_zero_initialised_layers_have_moved():
     """adaLN-Zero: at init only the final projection gets a gradient; each optimizer step opens
     one more stage (final -> modulations and embeddings -> everything inside the blocks)."""

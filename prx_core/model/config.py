@@ -38,6 +38,9 @@ class DenoiserConfig:
             raise ValueError(f"head dim {self.head_dim} must be a multiple of 4 for 2-D RoPE")
 
 
+INIT_SCHEMES = ("pytorch", "xavier")
+"""How the denoiser's weights start (see :meth:`prx_core.model.denoiser.PRXDenoiser.reset_parameters`)."""
+
 PRESETS: dict[str, dict] = {
     # The PRX speedrun model: 1.177 B parameters with a 2304-d (T5Gemma-2B) text input.
     "prx-1.2b": dict(hidden=1792, depth=16, heads=28, mlp_ratio=3.5, patch=32, bottleneck=256),

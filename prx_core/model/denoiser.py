@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from prx_core.model.config import DenoiserConfig
-from prx_core.model.layers import Block, rope_tables, timestep_embedding
+from prx_core.model.config import INIT_SCHEMES, DenoiserConfig
+from prx_core.model.layers import Block, RMSNorm, rope_tables, timestep_embedding
 from prx_core.model.tokens import gather_tokens, scatter_tokens
 from prx_core.types import Captured, RoutePlan
 
@@ -37,7 +37,7 @@ def unpatchify(tokens: torch.Tensor, patch: int, height: int, width: int) -> tor
 class PRXDenoiser(nn.Module):
     """Predicts the clean image x0 from a noisy image x_t, the noise level t and text tokens."""
 
-    def __init__(self, config: DenoiserConfig):
+    def __init__(self, config: DenoiserConfig, init: str = "pytorch"):
         super().__init__()
         self.config = config
         c = config
@@ -52,17 +52,32 @@ class PRXDenoiser(nn.Module):
         # Training-only modules that techniques attach (see hookspecs.prx_configure_model).
         self.extras = nn.ModuleDict()
         self.activation_checkpointing = False
-        self.reset_parameters()
+        self.reset_parameters(init)
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, init: str = "pytorch") -> None:
+        """Initialise every weight by ``init``, then zero the adaLN-Zero layers.
+
+        ``"pytorch"`` (PRX): PyTorch's default ``nn.Linear`` init (Kaiming-uniform weights with
+        a = sqrt(5), biases uniform in +-1/sqrt(fan_in)). ``"xavier"``: Xavier-uniform weights,
+        zero biases and N(0, 0.02) for the time MLP (DiT's scheme). In both, every block's
+        modulation and the final modulation and projection start at zero, and norm scales at 1.
+        """
+        if init not in INIT_SCHEMES:
+            raise ValueError(f"init = {init!r}: expected one of {INIT_SCHEMES}")
         for module in self.modules():
+            if isinstance(module, RMSNorm):
+                nn.init.ones_(module.scale)
             if isinstance(module, nn.Linear):
+                if init == "pytorch":
+                    module.reset_parameters()
+                    continue
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        for layer in self.time_in:
-            if isinstance(layer, nn.Linear):
-                nn.init.normal_(layer.weight, std=0.02)
+        if init == "xavier":
+            for layer in self.time_in:
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=0.02)
         zero = [self.final_modulation, self.final] + [blk.modulation for blk in self.blocks]
         for module in zero:  # adaLN-Zero: every block starts as the identity, the output at 0
             nn.init.zeros_(module.weight)
