@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,hf,mds]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,hf,mds,diffusers]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -59,7 +59,7 @@ def load_for_sampling(checkpoint: str | Path, overrides: tuple[str, ...] = (), d
     dev = pick_device(device if device != "auto" else recipe.train.device)
     text_encoder = load_text_encoder(recipe.text, dev)
     config = recipe.model.resolve(text_encoder.dim)
-    model = PRXDenoiser(config).to(dev)
+    model = PRXDenoiser(config, init=recipe.model.init_scheme).to(dev)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any(not k.startswith("extras.") for k in missing):
         raise CheckpointError(f"checkpoint {folder} does not match the recipe's model ({recipe.model.preset}): "

@@ -10,15 +10,29 @@ from typing import Any, Literal
 import attrs
 
 from prx_core.data.config import DataConfig
-from prx_core.model.config import PRESETS, DenoiserConfig
+from prx_core.model.config import INIT_SCHEMES, PRESETS, DenoiserConfig
+
+
+def _check_init(instance: Any, attribute: Any, value: str) -> None:
+    if value not in INIT_SCHEMES and not value.startswith("diffusers:"):
+        raise ValueError(f"init = {value!r}: write one of {', '.join(repr(s) for s in INIT_SCHEMES)} or "
+                         "'diffusers:PATH_OR_ID'")
 
 
 @attrs.define(kw_only=True)
 class ModelConfig:
     """``preset`` names a size from ``prx_core.model.config.PRESETS``; any field set here
-    overrides the preset's value. The text width comes from the text encoder."""
+    overrides the preset's value. The text width comes from the text encoder.
+
+    ``init``: where the denoiser's weights start. ``"pytorch"`` (PRX): PyTorch's default Linear
+    init; ``"xavier"``: Xavier-uniform with zero biases and N(0, 0.02) for the time MLP; both zero
+    the adaLN modulations and the final layer. ``"diffusers:PATH_OR_ID"``: the weights of a
+    diffusers ``PRXTransformer2DModel`` (a local folder or a Hub id, e.g. one written by ``prx
+    export --format diffusers``), to fine-tune it; its shape must equal this table's, which is
+    checked before the run folder is made."""
 
     preset: str = "prx-1.2b"
+    init: str = attrs.field(default="pytorch", validator=_check_init)
     hidden: int | None = None
     depth: int | None = None
     heads: int | None = None
@@ -26,6 +40,11 @@ class ModelConfig:
     patch: int | None = None
     bottleneck: int | None = None
     activation_checkpointing: bool = False
+
+    @property
+    def init_scheme(self) -> str:
+        """The scheme the denoiser is built with (weights loaded from a checkpoint replace it)."""
+        return self.init if self.init in INIT_SCHEMES else "pytorch"
 
     def resolve(self, text_dim: int) -> DenoiserConfig:
         fields = dict(PRESETS[self.preset])

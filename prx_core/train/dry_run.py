@@ -5,9 +5,11 @@ from rich.console import Console
 from rich.table import Table
 
 from prx_core.cost import estimate_cost, render_cost_report
+from prx_core.diffusers_format.checkpoint import is_diffusers_spec
 from prx_core.errors import RecipeError
 from prx_core.plugins import Registry, TechniqueSet
 from prx_core.recipe.schema import Recipe
+from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.plan import accumulation_steps, parameter_count, plan_phases
 from prx_core.types import RunContext
 
@@ -22,6 +24,7 @@ def print_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, gpu:
                           "(e.g. dim = 2304 for T5Gemma-2B, 384 for all-MiniLM-L6-v2).")
     config = recipe.model.resolve(recipe.text.dim)
     phases = plan_phases(recipe, techniques)
+    initial = check_initial_weights(recipe, recipe.text.dim, download=False)
     gpus = gpus or 1
     table = Table(title=f"plan of '{recipe.name}' on {gpus} process(es)")
     for column in ("phase", "resolution", "global batch", "per device x accumulation", "steps", "techniques off"):
@@ -35,6 +38,10 @@ def print_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, gpu:
     console.print(f"model: {recipe.model.preset}, {parameter_count(config):,} parameters "
                   f"(hidden {config.hidden}, depth {config.depth}, heads {config.heads}, patch {config.patch}), "
                   f"text width {config.text_dim}")
+    if is_diffusers_spec(recipe.model.init):
+        console.print(f"initial weights: {initial.folder} (shape checked against [model])" if initial else
+                      f"initial weights: {recipe.model.init} is not on this machine, so its shape was not checked; "
+                      "`prx run` checks it before training", markup=False)
     console.print(table)
     report = estimate_cost(recipe, techniques, gpu=gpu, gpus=gpus, price=price, text_dim=recipe.text.dim)
     console.print(render_cost_report(report))

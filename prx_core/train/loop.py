@@ -22,6 +22,7 @@ from prx_core.recipe.loader import dump_recipe_toml
 from prx_core.recipe.schema import Recipe
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.text import check_declared_dim, load_text_encoder
+from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.plan import accumulation_steps, plan_phases
 from prx_core.train.state import load_checkpoint, save_checkpoint
@@ -57,7 +58,7 @@ class Interrupted:
 
 def sampling_model(trainer: Trainer) -> PRXDenoiser:
     """A fresh denoiser on the training device holding the EMA weights."""
-    model = PRXDenoiser(trainer.model_config).to(trainer.device)
+    model = PRXDenoiser(trainer.model_config, init=trainer.recipe.model.init_scheme).to(trainer.device)
     trainer.ema.copy_to(model)
     return model.eval()
 
@@ -70,6 +71,10 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     if not resume and CheckpointManager(folder.checkpoints).latest() is not None:
         raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
                         f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
+    # Everything that can refuse the recipe runs before the run folder exists.
+    text_encoder = load_text_encoder(recipe.text, info.device)
+    check_declared_dim(recipe.text, text_encoder)
+    check_initial_weights(recipe, text_encoder.dim)
     if info.is_main:
         folder.create()
     log_file = open(folder.root / "log.txt", "a") if info.is_main else None
@@ -81,8 +86,6 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     total_steps = sum(p.steps for p in phases)
     console.total = total_steps
 
-    text_encoder = load_text_encoder(recipe.text, info.device)
-    check_declared_dim(recipe.text, text_encoder)
     trainer = Trainer(recipe, techniques, text_encoder, info)
     checkpoints = CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints)
     loader_state = None

@@ -32,6 +32,7 @@ from prx_core.plugins import ENV_TRACE, TechniqueSet
 from prx_core.recipe.schema import Recipe
 from prx_core.text import TextEncoder
 from prx_core.train.nonfinite import nonfinite_flag, step_unless
+from prx_core.train.initial_weights import load_initial_weights
 from prx_core.train.randomness import draw
 from prx_core.types import AuxiliaryLoss, Conditioning, Phase, Router, StepTensors
 
@@ -80,7 +81,8 @@ class Trainer:
         self.device = info.device
         self.model_config = recipe.model.resolve(text_encoder.dim)
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank and every resume
-        denoiser = PRXDenoiser(self.model_config)
+        denoiser = PRXDenoiser(self.model_config, init=recipe.model.init_scheme)
+        load_initial_weights(denoiser, recipe, text_encoder.dim)
         denoiser.activation_checkpointing = recipe.model.activation_checkpointing
         for _, modules in techniques.call("prx_configure_model", model=denoiser, recipe=recipe):
             for name, module in modules.items():
