@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prx_core.caption_cleaning import clean_captions
 from prx_core.errors import RecipeError, WeightsNotFoundError
 from prx_core.recipe.schema import TextConfig
 from prx_core.types import Conditioning
@@ -49,13 +50,18 @@ class TextEncoder(nn.Module):
     finite prompt set does not re-encode every step.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, spec: str, max_length: int, dtype: torch.dtype, cache_size: int):
+    def __init__(self, model: nn.Module, tokenizer, spec: str, max_length: int, dtype: torch.dtype, cache_size: int,
+                 *, autocast: bool = False, clean: str = "none"):
         super().__init__()
+        self.autocast = autocast or dtype == torch.float32
         self.model = model.eval().requires_grad_(False)
+        if not self.autocast:  # PRX: the weights themselves in dtype, no autocast
+            self.model.to(dtype)
         self.tokenizer = tokenizer
         self.spec = spec
         self.max_length = max_length
         self.dtype = dtype
+        self.clean = clean
         self.dim = int(model.config.hidden_size)
         self._memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache_size = cache_size
@@ -63,16 +69,18 @@ class TextEncoder(nn.Module):
     @property
     def fingerprint(self) -> dict:
         """What makes two encodings comparable (for embedding caches)."""
-        return {"encoder": self.spec, "max_length": self.max_length, "dim": self.dim, "dtype": str(self.dtype)}
+        return {"encoder": self.spec, "max_length": self.max_length, "dim": self.dim, "dtype": str(self.dtype),
+                "weights": "fp32 under autocast" if self.autocast else str(self.dtype), "clean": self.clean}
 
     @torch.inference_mode()
     def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
-            captions, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            clean_captions(captions, self.clean), padding="max_length", truncation=True, max_length=self.max_length,
+            return_tensors="pt",
         )
         ids, attention = (to_device(tokens[key], device) for key in ("input_ids", "attention_mask"))
-        with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with torch.autocast(device.type, dtype=self.dtype, enabled=self.autocast and self.dtype != torch.float32):
             hidden = self.model(input_ids=ids, attention_mask=attention).last_hidden_state
         return hidden.float(), attention.bool()
 
@@ -89,7 +97,8 @@ class TextEncoder(nn.Module):
 
 
 @lru_cache(maxsize=4)
-def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_size: int) -> TextEncoder:
+def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_size: int, autocast: bool,
+          clean: str) -> TextEncoder:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -109,7 +118,8 @@ def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_si
         ) from None
     encoder_model = model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model
     dtype = getattr(torch, dtype_name)
-    encoder = TextEncoder(encoder_model, tokenizer, spec, max_length, dtype, cache_size)
+    encoder = TextEncoder(encoder_model, tokenizer, spec, max_length, dtype, cache_size, autocast=autocast,
+                          clean=clean)
     return encoder.to(torch.device(device_str))
 
 
@@ -153,4 +163,4 @@ def load_text_encoder(config: TextConfig, device: torch.device, cache_size: int 
             raise RecipeError('[text] encoder = "none" (random embeddings) needs [text] dim, e.g. dim = 2304.')
         return RandomTextEncoder(config.dim, config.max_length).to(device)
     dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    return _load(config.encoder, config.max_length, dtype, str(device), cache_size)
+    return _load(config.encoder, config.max_length, dtype, str(device), cache_size, config.autocast, config.clean)

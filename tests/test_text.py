@@ -87,3 +87,18 @@ def test_the_none_encoder_is_deterministic_per_caption_and_masks_by_word_count()
 def test_the_none_encoder_needs_a_dim():
     with pytest.raises(RecipeError, match="needs \\[text\\] dim"):
         load_text_encoder(TextConfig(encoder="none"), torch.device("cpu"))
+
+
+def test_bf16_weights_without_autocast_as_prx_or_fp32_weights_under_autocast():
+    captions = ["a red circle at the top left", "two blue squares"]
+    cast = load_text_encoder(TextConfig(encoder=MINILM, max_length=16, dtype="bfloat16"), torch.device("cpu"))
+    kept = load_text_encoder(TextConfig(encoder=MINILM, max_length=16, dtype="bfloat16", autocast=True),
+                             torch.device("cpu"))
+    assert {p.dtype for p in cast.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in kept.model.parameters()} == {torch.float32}
+    assert cast.fingerprint["weights"] == "torch.bfloat16" and kept.fingerprint["weights"] == "fp32 under autocast"
+    ids = cast.tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt")
+    with torch.no_grad():  # the bf16 model run by hand, with autocast off
+        direct = cast.model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
+    assert torch.equal(cast.encode(captions).tokens, direct.float())
+    assert not torch.equal(cast.encode(captions).tokens, kept.encode(captions).tokens)

@@ -60,11 +60,17 @@ class TextConfig:
     """``encoder``: a Hugging Face id, a local directory, ``package:NAME/SUBDIR`` for weights
     shipped inside an installed Python package, or ``"none"`` (fixed random embeddings, for
     benchmarks). ``dim``: the encoder's output width; needed by ``--dry-run`` and ``"none"``,
-    checked against the encoder when it loads."""
+    checked against the encoder when it loads. ``dtype``: the encoder's compute precision
+    ("auto": bf16 on GPU, fp32 on CPU). ``autocast``: false (PRX) converts the encoder's weights
+    to ``dtype`` and runs it without autocast; true keeps fp32 weights under autocast to
+    ``dtype``. ``clean``: "deepfloyd" (PRX) cleans every caption before tokenising
+    (:mod:`prx_core.caption_cleaning`), "none" tokenises it as written."""
 
     encoder: str = "google/t5gemma-2b-2b-ul2"
     max_length: int = 256
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    autocast: bool = False
+    clean: Literal["deepfloyd", "none"] = "deepfloyd"
     dim: int | None = None
 
 
