@@ -516,12 +516,24 @@ def _lpips_teacher(spec: TeacherSpec, weights: bool) -> ConvTeacher:
 # --- resizing and grid alignment ----------------------------------------------------------------
 
 
-def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (batch, C, H, W) to ``size``, antialiased when shrinking."""
+RESIZE_MODES = ("bilinear-antialias", "bilinear", "nearest")
+"""How images are resized for a teacher: ``"bilinear-antialias"`` low-pass filters when
+shrinking (a true average of the pixels each output covers); ``"bilinear"`` interpolates the
+four nearest pixels without filtering and ``"nearest"`` copies one pixel, both as
+``F.interpolate`` does by default and as PRX resizes for LPIPS, DINOv2 and REPA."""
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "bilinear-antialias") -> torch.Tensor:
+    """Resize (batch, C, H, W) to ``size`` by ``mode`` (one of :data:`RESIZE_MODES`)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
+    if mode == "nearest":
+        return F.interpolate(images, size=size, mode="nearest")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r}: one of {RESIZE_MODES}")
     shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+    antialias = shrinking and mode == "bilinear-antialias"
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 def teacher_input_size(teacher_patch: int, grid: tuple[int, int], image_hw: tuple[int, int],
@@ -534,15 +546,15 @@ def teacher_input_size(teacher_patch: int, grid: tuple[int, int], image_hw: tupl
 
 
 def teacher_tokens_on_grid(teacher: FeatureTeacher, images_01: torch.Tensor, grid: tuple[int, int],
-                           input_scale: float | None = None) -> torch.Tensor:
+                           input_scale: float | None = None, resize: str = "bilinear-antialias") -> torch.Tensor:
     """Teacher patch tokens (batch, rows*cols, dim) aligned to a (rows, cols) token ``grid``.
 
-    The image is resized per :func:`teacher_input_size`; when the teacher's own grid still
-    differs (another ``input_scale``, a CNN whose grid rounds differently) its feature map is
-    bilinearly resampled to ``grid``.
+    The image is resized per :func:`teacher_input_size` by ``resize`` (:data:`RESIZE_MODES`);
+    when the teacher's own grid still differs (another ``input_scale``, a CNN whose grid rounds
+    differently) its feature map is bilinearly resampled to ``grid``.
     """
     size = teacher_input_size(teacher.patch, grid, tuple(images_01.shape[-2:]), input_scale)
-    tokens = teacher.patch_tokens(resize_images(images_01, size))
+    tokens = teacher.patch_tokens(resize_images(images_01, size, resize))
     own = teacher.grid_for(size)
     if own != tuple(grid):
         features = tokens.transpose(1, 2).unflatten(2, own)

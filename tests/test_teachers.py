@@ -33,6 +33,7 @@ from prx_core.teachers import (
     efficientnet_pytorch_to_timm,
     load_teacher,
     parse_teacher_spec,
+    resize_images,
     teacher_architecture,
     teacher_dtype,
     teacher_forward_flops,
@@ -279,3 +280,21 @@ def test_forward_flops_are_counted_on_the_meta_device_without_weights(saved_vits
     assert 300e6 < params < 306e6
     tokens = 4 + 1 + 16 * 16
     assert 2 * params * tokens < teacher_forward_flops(dinov3, (256, 256)) < 1.1 * 2 * params * tokens
+
+
+def test_resize_modes_filter_interpolate_or_copy_as_named():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 16, 24, generator=generator)
+    nearest = resize_images(images, (8, 12), "nearest")
+    assert torch.equal(nearest, images[:, :, ::2, ::2])  # PRX's REPA input: one pixel per output, no filter
+    plain = resize_images(images, (8, 12), "bilinear")  # halving without antialias: the mean of each 2x2
+    assert torch.allclose(plain, torch.nn.functional.avg_pool2d(images, 2), atol=1e-6)
+    filtered = resize_images(images, (8, 12), "bilinear-antialias")  # a wider low-pass (4x4 support)
+    assert torch.allclose(filtered, torch.nn.functional.interpolate(images, (8, 12), mode="bilinear",
+                                                                    antialias=True), atol=0)
+    assert (filtered - plain).abs().max() > 0.01
+    up = resize_images(images, (32, 48), "bilinear-antialias")  # antialias only ever filters a shrink
+    assert torch.equal(up, resize_images(images, (32, 48), "bilinear"))
+    assert resize_images(images, (16, 24), "nearest") is images
+    with pytest.raises(ValueError, match="resize mode 'bicubic'"):
+        resize_images(images, (8, 12), "bicubic")
