@@ -110,7 +110,7 @@ def test_routed_capture_gathers_the_teacher_tokens_at_the_route_index(teacher):
     assert captured[1].index is index and hidden.shape == (2, 8, MODEL.hidden)
 
     projector = build_projector(MODEL.hidden, 16, teacher.dim)
-    loss_object = RepaAlignment(projector, teacher, block=1, weight=0.5, input_scale=None)
+    loss_object = RepaAlignment(projector, teacher, block=1, weight=0.5, input_scale=None, resize="bilinear-antialias")
     loss = loss_object(StepTensors(x0, x_t, t, x0, captured, route, MODEL.patch, 0))["repa"]
 
     with torch.no_grad():
@@ -124,6 +124,19 @@ def test_routed_capture_gathers_the_teacher_tokens_at_the_route_index(teacher):
     _, dense_captured = model(x_t, t, text, mask, (), capture=(1,))
     dense_loss = loss_object(StepTensors(x0, x_t, t, x0, dense_captured, (), MODEL.patch, 0))["repa"]
     torch.testing.assert_close(dense_loss, 0.5 * repa_loss(projector(dense_captured[1].hidden), dense))
+
+
+def test_the_teacher_sees_the_clean_image_resized_by_the_chosen_mode(teacher):
+    """PRX's REPA input: nearest-neighbour, no antialias (every other pixel when halving)."""
+    x0 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    projector = build_projector(MODEL.hidden, 16, teacher.dim)
+    nearest = RepaAlignment(projector, teacher, 1, 0.5, None, resize="nearest").targets(x0, 32, None)
+    with torch.no_grad():
+        expected = teacher.patch_tokens(((x0 + 1) / 2)[:, :, ::2, ::2])  # 2 x 2 tokens of patch 32 -> 32 px
+    torch.testing.assert_close(nearest, expected)
+    filtered = RepaAlignment(projector, teacher, 1, 0.5, None, resize="bilinear-antialias").targets(x0, 32, None)
+    assert (filtered - nearest).abs().max() > 1e-3
+    assert RepaConfig().resize == "nearest"
 
 
 def test_gradients_reach_the_projector_and_the_denoiser_never_the_teacher(teacher):
@@ -177,7 +190,7 @@ def test_hooks_attach_the_projector_capture_the_block_and_return_the_loss(teache
     x0_hat, captured = model(x_t, t, text, mask, (), capture=(1,))
     terms = loss_object(StepTensors(x0, x_t, t, x0_hat, captured, (), MODEL.patch, 0))
     with torch.no_grad():
-        resized = F.interpolate((x0 + 1) / 2, size=(64, 64), mode="bilinear", antialias=True)
+        resized = F.interpolate((x0 + 1) / 2, size=(64, 64), mode="nearest")  # [repa] resize's default, PRX's
         target = plugin.teacher.patch_tokens(resized)
     torch.testing.assert_close(terms["repa"], 0.5 * repa_loss(projector(captured[1].hidden), target))
 

@@ -22,18 +22,19 @@ class RepaAlignment:
     name = "repa"
 
     def __init__(self, projector: nn.Module, teacher: FeatureTeacher, block: int, weight: float,
-                 input_scale: float | None):
+                 input_scale: float | None, resize: str = "nearest"):
         self.projector = projector
         self.teacher = teacher
         self.block = block
         self.weight = weight
         self.input_scale = input_scale
+        self.resize = resize
 
     def targets(self, x0: torch.Tensor, patch: int, index: torch.Tensor | None) -> torch.Tensor:
         """Teacher tokens (batch, tokens, teacher dim) for clean images ``x0`` in [-1, 1]."""
         grid = (x0.shape[-2] // patch, x0.shape[-1] // patch)
         with torch.no_grad():
-            target = teacher_tokens_on_grid(self.teacher, (x0.detach() + 1) / 2, grid, self.input_scale)
+            target = teacher_tokens_on_grid(self.teacher, (x0.detach() + 1) / 2, grid, self.input_scale, self.resize)
             return target if index is None else gather_tokens(target, index)
 
     def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:

@@ -1,6 +1,8 @@
 """The ``[repa]`` recipe table."""
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 
@@ -14,7 +16,10 @@ class RepaConfig:
     weight. ``input_scale``: the teacher sees the clean image resized by this factor; unset, it
     is resized so that the teacher's grid equals the denoiser's token grid (teacher patch /
     denoiser patch, 16/32 at 512 px); when the grids still differ the teacher's features are
-    bilinearly resampled to the token grid.
+    bilinearly resampled to the token grid. ``resize``: how the clean image is resized for the
+    teacher (:data:`prx_core.teachers.RESIZE_MODES`): ``"nearest"`` as PRX does
+    (``F.interpolate`` with its default mode, no antialias), ``"bilinear-antialias"`` or
+    ``"bilinear"``.
     """
 
     teacher: str = "hf:facebook/dinov3-vitl16-pretrain-lvd1689m"
@@ -22,3 +27,4 @@ class RepaConfig:
     projector_dim: int = 1024
     weight: float = 0.5
     input_scale: float | None = None
+    resize: Literal["nearest", "bilinear", "bilinear-antialias"] = "nearest"

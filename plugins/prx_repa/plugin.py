@@ -77,7 +77,7 @@ class Repa:
         grid, size = self._teacher_input(model.config, phase)
         self.context.log(f"repa: phase '{phase.name}': teacher input {size[0]}x{size[1]} px for a "
                          f"{grid[0]}x{grid[1]} token grid at block {c.block}, weight {c.weight}")
-        return [RepaAlignment(model.extras[PROJECTOR], self.teacher, c.block, c.weight, c.input_scale)]
+        return [RepaAlignment(model.extras[PROJECTOR], self.teacher, c.block, c.weight, c.input_scale, c.resize)]
 
     @hookimpl
     def prx_cost(self, model_config: DenoiserConfig, phase: Phase, text_tokens: int) -> list[CostTerm]:
