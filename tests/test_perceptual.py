@@ -42,8 +42,9 @@ def step_of(x0: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor) -> StepTens
     return StepTensors(x0, x0, t, x0_hat, {}, (), MODEL.patch, 0)
 
 
-def half(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True)
+def half(x: torch.Tensor, antialias: bool = False) -> torch.Tensor:
+    """PRX's LPIPS input (algorithm/lpips.py): bilinear at scale 0.5, without antialias by default."""
+    return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 # --- plain functions ------------------------------------------------------------------------------
@@ -111,17 +112,58 @@ def test_lpips_term_is_weighted_gated_lpips_with_gradient_through_the_prediction
     assert per_sample_grad[1] == 0 and (per_sample_grad[[0, 2, 3]] > 0).all()
 
 
+def test_lpips_resize_switch_filters_before_halving_only_when_asked(random_lpips_vgg):
+    path, reference = random_lpips_vgg
+    teacher = load_teacher(f"lpips:vgg@{path}")
+    x0, x0_hat, t = images(seed=1), images(seed=2), torch.zeros(4)
+    values = {}
+    for resize in ("bilinear", "bilinear-antialias"):
+        values[resize] = LpipsTerm(teacher, 1.0, 0.5, 32, 0.0, resize=resize)(step_of(x0, x0_hat, t))["lpips"]
+        with torch.no_grad():
+            antialias = resize == "bilinear-antialias"
+            expected = reference(half(x0_hat, antialias), half(x0, antialias)).mean()
+        torch.testing.assert_close(values[resize], expected, rtol=1e-4, atol=1e-7)
+    assert abs(values["bilinear"] - values["bilinear-antialias"]) > 1e-4
+    assert LpipsConfig().resize == "bilinear"
+
+
 def test_dino_perceptual_term_compares_patch_tokens_at_the_configured_size(dino_spec):
     teacher = load_teacher(dino_spec)
     x0, x0_hat = images(seed=1), images(seed=2).requires_grad_(True)
     t = torch.tensor([0.1, 0.9, 0.5, 0.2])
     value = DinoPerceptualTerm(teacher, weight=0.01, size=28, gate_t_clean=0.0)(step_of(x0, x0_hat, t))
-    small = lambda x: F.interpolate((x + 1) / 2, size=(28, 28), mode="bilinear", antialias=True)  # noqa: E731
     with torch.no_grad():
-        expected = dino_perceptual_loss(teacher.patch_tokens(small(x0_hat)), teacher.patch_tokens(small(x0)))
+        expected = dino_perceptual_loss(teacher.patch_tokens(prx_dino_input(x0_hat)),
+                                        teacher.patch_tokens(prx_dino_input(x0)))
     torch.testing.assert_close(value["dino_perceptual"], 0.01 * expected.mean())
     value["dino_perceptual"].backward()
     assert x0_hat.grad.abs().sum() > 0 and all(p.grad is None for p in teacher.parameters())
+
+
+def prx_dino_input(x: torch.Tensor) -> torch.Tensor:
+    """PRX's P-DINO input (algorithm/perceptual_dino.py): bilinear resize without antialias, then
+    ((x + 1) / 2).clamp(0, 1)."""
+    return ((F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False) + 1) / 2).clamp(0, 1)
+
+
+def test_dino_perceptual_switches_clamp_the_prediction_and_choose_the_resize(dino_spec):
+    teacher = load_teacher(dino_spec)
+    x0 = images(seed=1)
+    x0_hat = (images(seed=2) * 1.5).requires_grad_(True)  # a prediction partly outside [-1, 1]
+    step = step_of(x0, x0_hat, torch.zeros(4))
+    term = DinoPerceptualTerm(teacher, 1.0, 28, 0.0, resize="bilinear", clamp=True)
+    assert torch.equal(term.teacher_input(x0_hat), prx_dino_input(x0_hat))
+    unclamped = DinoPerceptualTerm(teacher, 1.0, 28, 0.0, resize="bilinear", clamp=False)
+    assert unclamped.teacher_input(x0_hat).min() < 0 and unclamped.teacher_input(x0_hat).max() > 1
+    filtered = DinoPerceptualTerm(teacher, 1.0, 28, 0.0, resize="bilinear-antialias", clamp=False)
+    expected = (F.interpolate(x0_hat, size=(28, 28), mode="bilinear", antialias=True) + 1) / 2
+    torch.testing.assert_close(filtered.teacher_input(x0_hat), expected)
+    # the clamp passes no gradient where the prediction left the range
+    term(step)["dino_perceptual"].backward()
+    outside = (F.interpolate(x0_hat.detach(), size=(28, 28), mode="bilinear") + 1).div(2)
+    assert ((outside < 0) | (outside > 1)).any() and x0_hat.grad.abs().sum() > 0
+    config = DinoPerceptualConfig()
+    assert (config.resize, config.clamp) == ("bilinear", True)
 
 
 # --- the plugins' hooks ---------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class Lpips(_Perceptual):
     @hookimpl
     def prx_auxiliary_losses(self, phase: Phase, model: nn.Module) -> list[LpipsTerm]:
         c = self.config
-        return [LpipsTerm(self.teacher, c.weight, c.scale, c.min_side, c.gate_t_clean)]
+        return [LpipsTerm(self.teacher, c.weight, c.scale, c.min_side, c.gate_t_clean, c.resize)]
 
     @hookimpl
     def prx_cost(self, model_config: DenoiserConfig, phase: Phase, text_tokens: int) -> list[CostTerm]:
@@ -107,7 +107,7 @@ class DinoPerceptual(_Perceptual):
     @hookimpl
     def prx_auxiliary_losses(self, phase: Phase, model: nn.Module) -> list[DinoPerceptualTerm]:
         c = self.config
-        return [DinoPerceptualTerm(self.teacher, c.weight, c.size, c.gate_t_clean)]
+        return [DinoPerceptualTerm(self.teacher, c.weight, c.size, c.gate_t_clean, c.resize, c.clamp)]
 
     @hookimpl
     def prx_cost(self, model_config: DenoiserConfig, phase: Phase, text_tokens: int) -> list[CostTerm]:

@@ -23,19 +23,21 @@ class LpipsTerm:
 
     name = "lpips"
 
-    def __init__(self, teacher: ConvTeacher, weight: float, scale: float, min_side: int, gate_t_clean: float):
+    def __init__(self, teacher: ConvTeacher, weight: float, scale: float, min_side: int, gate_t_clean: float,
+                 resize: str = "bilinear"):
         self.teacher = teacher
         self.weight = weight
         self.scale = scale
         self.min_side = min_side
         self.gate_t_clean = gate_t_clean
+        self.resize = resize
         self.stage_weights = list(teacher.stage_weights) if teacher.calibrated else None
 
     def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
         size = downsampled_size(tuple(step.x0.shape[-2:]), self.scale, self.min_side)
         with torch.no_grad():
-            clean = self.teacher.stages(resize_images(_to_01(step.x0.detach()), size))
-        predicted = self.teacher.stages(resize_images(_to_01(step.x0_hat), size))
+            clean = self.teacher.stages(resize_images(_to_01(step.x0.detach()), size, self.resize))
+        predicted = self.teacher.stages(resize_images(_to_01(step.x0_hat), size, self.resize))
         distance = lpips_distance(predicted, clean, self.stage_weights)
         return {self.name: self.weight * gated_mean(distance, noise_gate(step.t, self.gate_t_clean))}
 
@@ -45,15 +47,23 @@ class DinoPerceptualTerm:
 
     name = "dino_perceptual"
 
-    def __init__(self, teacher: FeatureTeacher, weight: float, size: int, gate_t_clean: float):
+    def __init__(self, teacher: FeatureTeacher, weight: float, size: int, gate_t_clean: float,
+                 resize: str = "bilinear", clamp: bool = True):
         self.teacher = teacher
         self.weight = weight
         self.size = (size, size)
         self.gate_t_clean = gate_t_clean
+        self.resize = resize
+        self.clamp = clamp
+
+    def teacher_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] resized, then in [0, 1] (clipped there with ``clamp``, as PRX does)."""
+        images_01 = _to_01(resize_images(images, self.size, self.resize))
+        return images_01.clamp(0, 1) if self.clamp else images_01
 
     def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            target = self.teacher.patch_tokens(resize_images(_to_01(step.x0.detach()), self.size))
-        predicted = self.teacher.patch_tokens(resize_images(_to_01(step.x0_hat), self.size))
+            target = self.teacher.patch_tokens(self.teacher_input(step.x0.detach()))
+        predicted = self.teacher.patch_tokens(self.teacher_input(step.x0_hat))
         loss = dino_perceptual_loss(predicted, target)
         return {self.name: self.weight * gated_mean(loss, noise_gate(step.t, self.gate_t_clean))}
