@@ -7,23 +7,52 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from prx_core.data.buckets import aspect_buckets, nearest_bucket, square_bucket
+from prx_core.data.buckets import PRX_TABLES, aspect_buckets, buckets_for, nearest_bucket, square_bucket
+from prx_core.data.config import DataConfig
 from prx_core.data.decode import decode_to_bucket
 from prx_core.data.writers import encode_image
 from prx_core.errors import RecipeError
 
 
-@pytest.mark.parametrize(("resolution", "count"), [(512, 13), (1024, 27)])
-def test_prx_bucket_counts(resolution, count):
-    buckets = aspect_buckets(resolution, 32)
+@pytest.mark.parametrize(("sizes", "resolution", "count"),
+                         [("prx", 512, 13), ("prx", 1024, 24), ("nearest_area", 512, 13), ("nearest_area", 1024, 27)])
+def test_bucket_counts(sizes, resolution, count):
+    buckets = aspect_buckets(resolution, 32, sizes)
     assert len(buckets) == count
     assert (resolution, resolution) in buckets
 
 
-@pytest.mark.parametrize("resolution", [256, 512, 1024, 2048])
-def test_buckets_follow_the_rule(resolution):
+def test_prx_buckets_are_prx_s_lists_and_none_has_more_tokens_than_the_square():
+    for resolution in (512, 1024):
+        buckets = aspect_buckets(resolution, 32, "prx")
+        assert set(buckets) == {(w, h) for h, w in PRX_TABLES[resolution]}
+        assert max(w * h for w, h in buckets) == resolution**2
+    assert aspect_buckets(512, 32, "prx")[0] == (352, 704) and aspect_buckets(512, 32, "prx")[-1] == (704, 352)
+    assert aspect_buckets(1024, 32, "prx")[0] == (704, 1440)
+
+
+@pytest.mark.parametrize("resolution", [256, 768, 2048])
+def test_the_prx_rule_elsewhere_keeps_every_bucket_within_the_square_s_tokens(resolution):
     patch = 32
-    buckets = aspect_buckets(resolution, patch)
+    buckets = set(aspect_buckets(resolution, patch, "prx"))
+    area = (resolution // patch) ** 2
+    for w, h in buckets:
+        assert w * h / patch**2 <= area and 0.5 <= w / h <= 2.0 and (h, w) in buckets
+    for w in range(1, 4 * resolution // patch):  # each width's tallest height within the square's tokens
+        h = area // w
+        if 0.5 <= w / h <= 2.0:
+            assert (w * patch, h * patch) in buckets
+
+
+def test_the_prx_rule_gives_prx_s_512_list_exactly():
+    # 256 px at patch 16 has the 512 px grid (16 tokens a side) and no table: the rule alone
+    assert {(2 * w, 2 * h) for w, h in aspect_buckets(256, 16, "prx")} == {(w, h) for h, w in PRX_TABLES[512]}
+
+
+@pytest.mark.parametrize("resolution", [256, 512, 1024, 2048])
+def test_nearest_area_buckets_follow_their_rule(resolution):
+    patch = 32
+    buckets = aspect_buckets(resolution, patch, "nearest_area")
     area = (resolution // patch) ** 2
     assert len(set(buckets)) == len(buckets)
     for w, h in buckets:
@@ -36,10 +65,16 @@ def test_buckets_follow_the_rule(resolution):
     assert ratios == sorted(ratios)
 
 
-def test_buckets_match_explicit_enumeration_at_512():
+def test_nearest_area_buckets_match_explicit_enumeration_at_512():
     expected = {(12, 21), (12, 22), (13, 19), (13, 20), (14, 18), (15, 17), (16, 16)}
     expected |= {(h, w) for w, h in expected}
-    assert set(aspect_buckets(512, 32)) == {(32 * w, 32 * h) for w, h in expected}
+    assert set(aspect_buckets(512, 32, "nearest_area")) == {(32 * w, 32 * h) for w, h in expected}
+
+
+def test_the_data_table_chooses_the_list():
+    assert buckets_for(DataConfig(), 512, 32) == aspect_buckets(512, 32, "prx")
+    assert buckets_for(DataConfig(bucket_sizes="nearest_area"), 1024, 32) == aspect_buckets(1024, 32, "nearest_area")
+    assert buckets_for(DataConfig(buckets=False), 512, 32) == ((512, 512),)
 
 
 def test_resolution_must_be_a_patch_multiple():

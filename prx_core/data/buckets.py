@@ -1,11 +1,17 @@
 """Aspect-ratio buckets: image sizes of about constant token count, one per batch.
 
-The rule (which gives the PRX counts, 13 buckets at 512 px and 27 at 1024 px for patch 32):
-with ``n = resolution / patch`` tokens per side of the square, enumerate every width of ``w``
-patches, give it the height of ``h = round(n² / w)`` patches (the height closest to keeping the
-area), keep the pairs whose ratio ``w / h`` lies in [0.5, 2], and add each pair's transpose (the
-rounding is not symmetric, so enumerating widths alone misses a few tall shapes: 11 instead of 13
-at 512 px). ``tests/test_data_buckets.py`` checks the counts.
+``[data] bucket_sizes`` picks the list:
+
+- ``"prx"``: PRX's own lists where it publishes one, at 512 and 1024 px (Photoroom's PRX pipeline
+  in diffusers, ``pipelines/prx/pipeline_prx.py``: ``ASPECT_RATIO_512_BIN``, 13 buckets from
+  352x704 to 704x352, and ``ASPECT_RATIO_1024_BIN``, 24 buckets from 704x1440 to 1440x704; no
+  bucket has more tokens than the square). At other resolutions, the rule that gives the 512 px
+  list exactly: with ``n = resolution / patch`` tokens per side, every width of ``w`` patches gets
+  the tallest height ``h = floor(n² / w)`` that does not exceed the square's ``n²`` tokens, the
+  pairs with ratio ``w / h`` in [0.5, 2] are kept, and each pair's transpose is added.
+- ``"nearest_area"``: ``h = round(n² / w)``, the height closest to keeping the area (up to a few
+  tokens more than the square: 264 at 512 px), same ratios and transposes; 13 buckets at 512 px and
+  27 at 1024 px for patch 32.
 """
 from __future__ import annotations
 
@@ -14,19 +20,41 @@ import math
 from prx_core.errors import RecipeError
 
 MIN_RATIO, MAX_RATIO = 0.5, 2.0
+BUCKET_SIZES = ("prx", "nearest_area")
+
+# PRX's published lists as (height, width) in pixels, as Photoroom's pipeline gives them.
+PRX_TABLES: dict[int, tuple[tuple[int, int], ...]] = {
+    512: ((352, 704), (384, 672), (384, 640), (416, 608), (448, 576), (480, 544), (512, 512), (544, 480),
+          (576, 448), (608, 416), (640, 384), (672, 384), (704, 352)),
+    1024: ((704, 1440), (736, 1408), (736, 1376), (768, 1344), (768, 1312), (800, 1280), (832, 1248), (832, 1216),
+           (896, 1152), (928, 1120), (992, 1056), (1024, 1024), (1056, 992), (1088, 960), (1120, 928), (1152, 896),
+           (1184, 864), (1216, 832), (1248, 832), (1312, 768), (1344, 768), (1376, 736), (1408, 736), (1440, 704)),
+}
 
 
-def aspect_buckets(resolution: int, patch: int) -> tuple[tuple[int, int], ...]:
+def aspect_buckets(resolution: int, patch: int, sizes: str = "prx") -> tuple[tuple[int, int], ...]:
     """Bucket sizes as (width, height) in pixels, sorted by aspect ratio (tall to wide)."""
     side = _tokens_per_side(resolution, patch)
-    area = side * side
-    pairs = set()
-    for w in range(1, 4 * side + 1):
-        h = max(1, math.floor(area / w + 0.5))
-        if MIN_RATIO <= w / h <= MAX_RATIO:
-            pairs.add((w, h))
-            pairs.add((h, w))
+    table = PRX_TABLES.get(resolution) if sizes == "prx" else None
+    if table is not None and all(h % patch == 0 and w % patch == 0 for h, w in table):
+        pairs = {(w // patch, h // patch) for h, w in table}
+    elif sizes in BUCKET_SIZES:
+        area = side * side
+        height = (lambda w: area // w) if sizes == "prx" else (lambda w: math.floor(area / w + 0.5))
+        pairs = set()
+        for w in range(1, 4 * side + 1):
+            h = max(1, height(w))
+            if MIN_RATIO <= w / h <= MAX_RATIO:
+                pairs.add((w, h))
+                pairs.add((h, w))
+    else:
+        raise ValueError(f"bucket_sizes = {sizes!r}: one of {BUCKET_SIZES}")
     return tuple((w * patch, h * patch) for w, h in sorted(pairs, key=lambda p: (p[0] / p[1], p[0])))
+
+
+def buckets_for(data, resolution: int, patch: int) -> tuple[tuple[int, int], ...]:
+    """The buckets ``[data]`` asks for at ``resolution``: aspect buckets or the one square."""
+    return aspect_buckets(resolution, patch, data.bucket_sizes) if data.buckets else square_bucket(resolution, patch)
 
 
 def square_bucket(resolution: int, patch: int) -> tuple[tuple[int, int], ...]:

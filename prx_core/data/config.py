@@ -99,8 +99,11 @@ class DataConfig:
       phase.
     - ``sources``: list of :class:`SourceConfig` tables, mixed by weight.
     - ``buckets``: aspect-ratio buckets of about constant token count, ratios 0.5-2, sides
-      multiples of the patch (13 at 512 px, 27 at 1024 px for patch 32); every batch holds one
-      bucket. ``false``: every image is centre-cropped to a ``resolution`` square.
+      multiples of the patch; every batch holds one bucket. ``false``: every image is
+      centre-cropped to a ``resolution`` square.
+    - ``bucket_sizes``: ``"prx"``: PRX's lists (13 buckets at 512 px, 24 at 1024 px, none with
+      more tokens than the square); ``"nearest_area"``: each bucket's area closest to the
+      square's (13 at 512 px, 27 at 1024 px, up to 3 % more tokens). See prx_core.data.buckets.
     - ``workers``: decoding processes per rank; 0 decodes on the calling thread (the quickstart).
     - ``prefetch``: batches assembled ahead by a background thread when ``workers > 0``.
     - ``min_side``: images whose shorter side is below this many pixels are skipped (counted as
@@ -123,6 +126,7 @@ class DataConfig:
     resolution: int = 512
     sources: list[SourceConfig] = attrs.Factory(_default_sources)
     buckets: bool = True
+    bucket_sizes: Literal["prx", "nearest_area"] = "prx"
     workers: int = 0
     prefetch: int = 2
     min_side: int | None = None

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from prx_core.data import files
-from prx_core.data.buckets import aspect_buckets, square_bucket
+from prx_core.data.buckets import buckets_for
 from prx_core.data.config import DataConfig, SourceConfig
 from prx_core.data.loader import mixture_weights, open_sources
 from prx_core.data.mds_format import INDEX as MDS_INDEX
@@ -93,7 +93,7 @@ def inspect_data(
     """Read up to ``samples`` random samples of each source (the first ``samples`` scenes)."""
     sources = open_sources(data, seed)
     weights = mixture_weights(data, sources)
-    buckets = aspect_buckets(resolution, patch) if data.buckets else square_bucket(resolution, patch)
+    buckets = buckets_for(data, resolution, patch)
     reader = SampleReader(sources, buckets, data.min_side, seed)
     rng = np.random.default_rng(seed)
     counts = [0] * len(buckets)

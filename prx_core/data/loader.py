@@ -26,7 +26,7 @@ from torchdata.nodes.samplers.stop_criteria import StopCriteria
 
 from prx_core.data import files
 from prx_core.data.batcher import Batch, BucketBatcher, Emitted
-from prx_core.data.buckets import aspect_buckets, square_bucket
+from prx_core.data.buckets import buckets_for
 from prx_core.data.config import DataConfig
 from prx_core.data.order import SourceOrder
 from prx_core.data.reader import SampleReader
@@ -104,7 +104,7 @@ def build_loader(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
     sources = open_sources(data, seed)
-    buckets = aspect_buckets(resolution, patch) if data.buckets else square_bucket(resolution, patch)
+    buckets = buckets_for(data, resolution, patch)
     text = None
     if data.text_cache:
         if text_fingerprint is None:
