@@ -145,7 +145,7 @@ class EvalConfig:
     ``"inception"``: FID and ``"clip"``: CMMD where those weights are available)."""
 
     num_prompts: int = 64
-    steps: int = 20
+    steps: int = 50  # PRX samples with 50 Euler steps
     seed: int = 4321
     distribution_metrics: list[str] = attrs.Factory(lambda: ["efficientnet-lite0"])
 
