@@ -15,7 +15,7 @@ from prx_core.errors import RecipeError
 
 
 @pytest.mark.parametrize(("sizes", "resolution", "count"),
-                         [("prx", 512, 13), ("prx", 1024, 24), ("nearest_area", 512, 13), ("nearest_area", 1024, 27)])
+                         [("prx", 512, 13), ("prx", 1024, 27), ("nearest_area", 512, 13), ("nearest_area", 1024, 27)])
 def test_bucket_counts(sizes, resolution, count):
     buckets = aspect_buckets(resolution, 32, sizes)
     assert len(buckets) == count
@@ -23,10 +23,12 @@ def test_bucket_counts(sizes, resolution, count):
 
 
 def test_prx_buckets_are_prx_s_lists_and_none_has_more_tokens_than_the_square():
-    for resolution in (512, 1024):
-        buckets = aspect_buckets(resolution, 32, "prx")
-        assert set(buckets) == {(w, h) for h, w in PRX_TABLES[resolution]}
-        assert max(w * h for w, h in buckets) == resolution**2
+    for resolution, fewest in ((512, 240), (1024, 984)):
+        buckets = set(aspect_buckets(resolution, 32, "prx"))
+        table = {(w, h) for h, w in PRX_TABLES[resolution]}
+        assert buckets == table | {(h, w) for w, h in table}  # the table closed under transposition
+        assert {w * h // 32**2 for w, h in buckets} <= set(range(fewest, (resolution // 32) ** 2 + 1))
+    assert len(PRX_TABLES[512]) == 13 and len(PRX_TABLES[1024]) == 24
     assert aspect_buckets(512, 32, "prx")[0] == (352, 704) and aspect_buckets(512, 32, "prx")[-1] == (704, 352)
     assert aspect_buckets(1024, 32, "prx")[0] == (704, 1440)
 

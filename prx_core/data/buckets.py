@@ -4,14 +4,16 @@
 
 - ``"prx"``: PRX's own lists where it publishes one, at 512 and 1024 px (Photoroom's PRX pipeline
   in diffusers, ``pipelines/prx/pipeline_prx.py``: ``ASPECT_RATIO_512_BIN``, 13 buckets from
-  352x704 to 704x352, and ``ASPECT_RATIO_1024_BIN``, 24 buckets from 704x1440 to 1440x704; no
-  bucket has more tokens than the square). At other resolutions, the rule that gives the 512 px
-  list exactly: with ``n = resolution / patch`` tokens per side, every width of ``w`` patches gets
-  the tallest height ``h = floor(n² / w)`` that does not exceed the square's ``n²`` tokens, the
-  pairs with ratio ``w / h`` in [0.5, 2] are kept, and each pair's transpose is added.
+  352x704 to 704x352 with 240-256 tokens, and ``ASPECT_RATIO_1024_BIN``, 704x1440 to 1440x704 with
+  984-1024 tokens; no bucket has more tokens than the square). The 1024 px list names 24 shapes,
+  three of them without their transpose (1088x960 but not 960x1088, ...); the transposes are
+  added, 27 buckets. At other resolutions, the rule that gives the 512 px list exactly: with
+  ``n = resolution / patch`` tokens per side, every width of ``w`` patches gets the tallest height
+  ``h = floor(n² / w)`` that does not exceed the square's ``n²`` tokens, the pairs with ratio
+  ``w / h`` in [0.5, 2] are kept, and each pair's transpose is added.
 - ``"nearest_area"``: ``h = round(n² / w)``, the height closest to keeping the area (up to a few
-  tokens more than the square: 264 at 512 px), same ratios and transposes; 13 buckets at 512 px and
-  27 at 1024 px for patch 32.
+  tokens more than the square: 264 at 512 px, 1040 at 1024 px), same ratios and transposes; 13
+  buckets at 512 px and 27 at 1024 px for patch 32.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def aspect_buckets(resolution: int, patch: int, sizes: str = "prx") -> tuple[tup
     side = _tokens_per_side(resolution, patch)
     table = PRX_TABLES.get(resolution) if sizes == "prx" else None
     if table is not None and all(h % patch == 0 and w % patch == 0 for h, w in table):
-        pairs = {(w // patch, h // patch) for h, w in table}
+        pairs = {(w // patch, h // patch) for h, w in table} | {(h // patch, w // patch) for h, w in table}
     elif sizes in BUCKET_SIZES:
         area = side * side
         height = (lambda w: area // w) if sizes == "prx" else (lambda w: math.floor(area / w + 0.5))

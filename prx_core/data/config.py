@@ -101,7 +101,7 @@ class DataConfig:
     - ``buckets``: aspect-ratio buckets of about constant token count, ratios 0.5-2, sides
       multiples of the patch; every batch holds one bucket. ``false``: every image is
       centre-cropped to a ``resolution`` square.
-    - ``bucket_sizes``: ``"prx"``: PRX's lists (13 buckets at 512 px, 24 at 1024 px, none with
+    - ``bucket_sizes``: ``"prx"``: PRX's lists (13 buckets at 512 px, 27 at 1024 px, none with
       more tokens than the square); ``"nearest_area"``: each bucket's area closest to the
       square's (13 at 512 px, 27 at 1024 px, up to 3 % more tokens). See prx_core.data.buckets.
     - ``workers``: decoding processes per rank; 0 decodes on the calling thread (the quickstart).
