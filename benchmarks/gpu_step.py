@@ -99,7 +99,7 @@ class Config(NamedTuple):
 
 def plan(s: Sizes) -> list[Config]:
     """Every configuration, most wanted first: the project's side of the two goals (compiled
-    dense, compiled full), the reference's side (RECIPE.md §9 holds its H100 numbers should the
+    dense, compiled full), the reference's side (docs/recipe.md §9 holds its H100 numbers should the
     budget run out), then eager, routing, 1024 px, and the step with cuDNN attention preferred."""
     configs = [Config("prx", "dense", True, s.res, s.batch), Config("prx", "full", True, s.res, s.batch),
                Config("reference", "dense", True, s.res, s.batch), Config("reference", "full", True, s.res, s.batch)]
@@ -112,7 +112,7 @@ def plan(s: Sizes) -> list[Config]:
 
 RECIPE_REFERENCE = {"dense/compiled/512px": 269.0, "routed/compiled/512px": 368.0, "full/compiled/512px": 189.0,
                     "dense/eager/512px": 132.0, "routed/eager/512px": 178.0, "routed/compiled/1024px": 114.0}
-"""The reference step's images/s on one H100 (RECIPE.md §9), for ratios the budget left unmeasured."""
+"""The reference step's images/s on one H100 (docs/recipe.md §9), for ratios the budget left unmeasured."""
 
 
 def emit(record: dict, out: Path | None) -> None:
@@ -452,7 +452,7 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
 def summary(results: dict[str, dict], s: Sizes, tiny: bool) -> dict:
     """The issue's two goals at the main shape: the full recipe at >= 300 images/s (1.6x the
     compiled reference with teachers), the denoiser alone at >= 1.2x the compiled reference.
-    A ratio whose reference was not measured in this run uses RECIPE.md's H100 number (say so)."""
+    A ratio whose reference was not measured in this run uses docs/recipe.md's H100 number (say so)."""
     out: dict = {}
     found = ratios(results)
     for variant in ("full", "dense"):
@@ -460,7 +460,7 @@ def summary(results: dict[str, dict], s: Sizes, tiny: bool) -> dict:
         mine = results.get(f"prx/{key}", {}).get("img_per_s")
         ratio, source = found.get(f"prx/{key}"), "measured"
         if ratio is None and mine and not tiny and key in RECIPE_REFERENCE:
-            ratio, source = round(mine / RECIPE_REFERENCE[key], 3), "RECIPE.md H100 number (not measured here)"
+            ratio, source = round(mine / RECIPE_REFERENCE[key], 3), "docs/recipe.md H100 number (not measured here)"
         out[variant] = {"img_per_s": mine, "ratio_to_reference": ratio, "reference_from": source if ratio else None}
     full, dense = out["full"], out["dense"]
     out["full"]["goal_300_img_per_s"] = None if full["img_per_s"] is None else full["img_per_s"] >= 300

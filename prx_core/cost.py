@@ -38,7 +38,7 @@ CATEGORIES = ("denoiser", "teacher", "optimizer")
 
 @attrs.frozen
 class ReferenceRun:
-    """Photoroom's PRX speedrun (RECIPE.md §8-9): 32 H200 for 24 h at about $2/GPU-hour."""
+    """Photoroom's PRX speedrun (docs/recipe.md §8-9): 32 H200 for 24 h at about $2/GPU-hour."""
 
     gpus: int = 32
     gpu: str = "h200"
@@ -364,7 +364,7 @@ def render_cost_report(report: CostReport) -> Group:
         terms.add_row(*key, *cells)
 
     ref = report.reference
-    totals = Table(title="Totals against the reference run (RECIPE.md §8-9)", title_justify="left")
+    totals = Table(title="Totals against the reference run (docs/recipe.md §8-9)", title_justify="left")
     for column in ("", "this recipe", f"reference ({ref.gpus} x {ref.gpu.upper()}, {ref.hours:g} h)", "ratio"):
         totals.add_column(column, justify="left" if not column else "right")
     rows = [

@@ -1,6 +1,6 @@
 """Exponential moving average of the denoiser's weights, used for sampling and evaluation.
 
-RECIPE.md §7: decay 0.999 applied every 10 steps (about 0.9999 per step), which keeps the EMA
+docs/recipe.md §7: decay 0.999 applied every 10 steps (about 0.9999 per step), which keeps the EMA
 update off most steps' critical path.
 
 Under FSDP2 the parameters are DTensor shards and so are the shadows (``detach().clone()`` keeps

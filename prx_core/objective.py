@@ -1,4 +1,4 @@
-"""x-prediction with the loss measured in v-space (Li & He 2025, "Back to Basics"; RECIPE.md §2).
+"""x-prediction with the loss measured in v-space (Li & He 2025, "Back to Basics"; docs/recipe.md §2).
 
 Convention: t = 1 is pure noise, ``x_t = (1 - t) x0 + t eps``; the network predicts x0 and the
 loss compares velocities ``v = (x_t - x0) / max(t, floor)``.

@@ -1,4 +1,4 @@
-"""Euler and Heun samplers for the x-prediction flow (RECIPE.md §2).
+"""Euler and Heun samplers for the x-prediction flow (docs/recipe.md §2).
 
 Time runs from 1 (noise) to 0 on ``linspace(1, 0, steps + 1)`` shifted like training. Each step
 asks the guidance (or, without one, a plain conditional call) for x0_hat and moves along the

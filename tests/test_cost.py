@@ -20,7 +20,7 @@ from prx_core.types import CostTerm, Phase
 #   per image token per block 2*(1792*5376 + 1792^2 + 3*1792*6272) = 93,126,656
 #   block = 256*93,126,656 + text K/V 2*256*1792*3584 + attention 4*256*(256+256)*1792 = 28,068,282,368
 #   16 blocks = 449,092,517,888; patch in/out 3,456,106,496; text projection 2,113,929,216
-#   forward = 454,662,553,600; training = 3x = 1,363,987,660,800 (the 1.36 TFLOP of RECIPE.md §9)
+#   forward = 454,662,553,600; training = 3x = 1,363,987,660,800 (the 1.36 TFLOP of docs/recipe.md §9)
 DENSE_512 = 1_363_987_660_800.0
 # The same at 1024 px (1024 image tokens): block = 1024*93,126,656 + 3,288,334,336 + 4*1024*1280*1792
 DENSE_1024 = 3 * (16 * (1024 * 93_126_656 + 3_288_334_336 + 4 * 1024 * 1280 * 1792)

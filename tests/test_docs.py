@@ -219,3 +219,55 @@ def test_the_order_check_catches_a_hook_called_out_of_its_stage(hook):
     assert hook_order_problems(setup + phase) == []
     late = hook_order_problems(setup + phase + [(None, "hook", hook, "probe")])
     assert (late == []) == (hook in ("prx_guidance", "prx_state_dict")), late
+
+
+# --- citations of the repository's own files ----------------------------------------------------
+
+CITATION = re.compile(r"(?<![\w./-])((?:\.\.?/|[\w-]+/)*[\w-]+\.md)(?: (?:§|section )(\d+))?")
+LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
+
+
+def cited_files(text: str) -> list[tuple[str, str | None]]:
+    """``(path, section)`` of every Markdown file a text cites: a ``NAME.md §N`` section, a path
+    with a folder (``docs/plugins.md``) or a Markdown link. Bare names without a section
+    (``report.md``, a file prx writes) are not citations."""
+    found = [(path, section or None) for path, section in CITATION.findall(text) if section or "/" in path]
+    return found + [(path, None) for path in LINK.findall(text)]
+
+
+def resolve_citation(path: str, citing: Path) -> Path | None:
+    for base in (citing.parent, ROOT):
+        candidate = (base / path).resolve()
+        if candidate.is_file() and ROOT in candidate.parents:
+            return candidate
+    return None
+
+
+def test_every_cited_file_and_section_exists_in_the_repository():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.toml"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    missing = []
+    for name in tracked:
+        citing = ROOT / name
+        for number, line in enumerate(citing.read_text().splitlines(), 1):
+            for path, section in cited_files(line):
+                target = resolve_citation(path, citing)
+                if target is None:
+                    missing.append(f"{name}:{number} cites {path}, which the repository does not contain")
+                elif section and not re.search(rf"^#+ {section}\. ", target.read_text(), flags=re.M):
+                    missing.append(f"{name}:{number} cites {path} §{section}, which has no section {section}")
+    assert missing == []
+
+
+def test_the_citation_check_catches_a_missing_file_and_a_missing_section(tmp_path):
+    absent = "RECIPE" + ".md"  # spelled in two parts so that this file does not cite it
+    link = "[guide](plugins" + ".md#hooks)"  # a link relative to docs/, not to tests/
+    assert cited_files(f"defaults: {absent} §5, see docs/plugins.md and {link}") == [
+        (absent, "5"), ("docs/plugins.md", None), ("plugins.md", None)]
+    assert cited_files("writes report.md and results.csv") == []
+    assert resolve_citation(absent, ROOT / "prx_core" / "ema.py") is None
+    recipe = resolve_citation("docs/recipe.md", ROOT / "prx_core" / "ema.py")
+    assert recipe is not None and re.search(r"^## 7\. ", recipe.read_text(), flags=re.M)
+    assert not re.search(r"^#+ 11\. ", recipe.read_text(), flags=re.M)

@@ -1,4 +1,4 @@
-"""The PRX denoiser (RECIPE.md §1): size, FLOPs, shapes, adaLN-Zero init, masking, RoPE, norms,
+"""The PRX denoiser (docs/recipe.md §1): size, FLOPs, shapes, adaLN-Zero init, masking, RoPE, norms,
 and one block against a direct re-implementation of the recipe's block formula."""
 from __future__ import annotations
 
@@ -263,7 +263,7 @@ def test_qk_norms_inside_a_block_compute_in_fp32_under_bf16_autocast():
 
 
 def reference_block(block: Block, x, text, vec, rows: int, cols: int, text_mask, theta: float = 1e4, eps: float = 1e-6):
-    """RECIPE.md §1 written out: x += g1·Attn((1+s1)·LN(x)+b1); x += g2·MLP((1+s2)·LN(x)+b2)."""
+    """docs/recipe.md §1 written out: x += g1·Attn((1+s1)·LN(x)+b1); x += g2·MLP((1+s2)·LN(x)+b2)."""
     w = {name: p.detach() for name, p in block.named_parameters()}
     b, n, d = x.shape
     heads = block.heads

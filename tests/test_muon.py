@@ -79,7 +79,7 @@ def test_newton_schulz_flops():
     # (m, n) = (3, 5): s = 3, l = 5, per step 4·9·5 + 2·27 = 234.
     assert newton_schulz_flops((5, 3), steps=2) == newton_schulz_flops((3, 5), steps=2) == 468
     prx = DenoiserConfig(**PRESETS["prx-1.2b"])
-    # RECIPE.md §7: about 50 TFLOP of Newton–Schulz per optimizer step for PRX-1.2B.
+    # docs/recipe.md §7: about 50 TFLOP of Newton–Schulz per optimizer step for PRX-1.2B.
     assert 45e12 < newton_schulz_flops_per_step(prx, 5) < 52e12
 
 

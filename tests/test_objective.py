@@ -1,4 +1,4 @@
-"""x-prediction with the loss in v-space (RECIPE.md §2): time sampling, noising, the loss."""
+"""x-prediction with the loss in v-space (docs/recipe.md §2): time sampling, noising, the loss."""
 from __future__ import annotations
 
 import pytest

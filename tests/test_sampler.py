@@ -1,4 +1,4 @@
-"""Euler and Heun samplers (RECIPE.md §2): exactness with a perfect predictor, the time grid, the
+"""Euler and Heun samplers (docs/recipe.md §2): exactness with a perfect predictor, the time grid, the
 guidance hook."""
 from __future__ import annotations
 

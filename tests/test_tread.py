@@ -287,7 +287,7 @@ def test_routing_hook_gives_a_router_seeded_by_the_run():
 
 
 def test_cost_matches_the_recipes_analytic_numbers():
-    """RECIPE.md §9: 1.36 TFLOP/image dense at 512 px, 0.88 with TREAD (256 text tokens)."""
+    """docs/recipe.md §9: 1.36 TFLOP/image dense at 512 px, 0.88 with TREAD (256 text tokens)."""
     config = DenoiserConfig(**PRESETS["prx-1.2b"])
     phase = Phase("512 px", steps=10, resolution=512, batch_size=4)
     (term,) = Tread(TreadConfig(), RunContext(recipe=Recipe())).prx_cost(config, phase, 256)

@@ -3,7 +3,7 @@
 It claims, through ``prx_optimizer_groups``, every 2-D parameter under ``blocks`` (qkv, text_kv,
 attn_out, gate, up, down and the modulation weight) and nothing else: the embeddings, the final
 layer, biases, norm scales and technique extras (e.g. REPA's projector) stay unclaimed and go to
-the core's AdamW from ``[optim]`` (RECIPE.md §7).
+the core's AdamW from ``[optim]`` (docs/recipe.md §7).
 
 On one process with plain parameters the optimizer is ``torch.optim.Muon`` (its arithmetic is
 what :class:`prx_muon.optimizer.Muon` is tested against); with several processes, or with
@@ -32,7 +32,7 @@ from prx_muon.optimizer import Muon
 
 @attrs.define(kw_only=True)
 class MuonConfig:
-    """``[muon]``: the Muon settings of RECIPE.md §7.
+    """``[muon]``: the Muon settings of docs/recipe.md §7.
 
     ``adjust_lr``: "match_rms_adamw" scales each matrix's update by 0.2·√max(m, n) so that the
     AdamW learning rate carries over; "original" by √max(1, m/n).

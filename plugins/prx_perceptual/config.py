@@ -1,4 +1,4 @@
-"""The ``[lpips]`` and ``[dino_perceptual]`` recipe tables (defaults: RECIPE.md §6)."""
+"""The ``[lpips]`` and ``[dino_perceptual]`` recipe tables (defaults: docs/recipe.md §6)."""
 from __future__ import annotations
 
 from typing import Literal

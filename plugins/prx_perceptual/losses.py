@@ -1,4 +1,4 @@
-"""Perceptual losses as plain functions (after PixelGen, RECIPE.md §6).
+"""Perceptual losses as plain functions (after PixelGen, docs/recipe.md §6).
 
 Each returns one value per sample, so that a noise gate can weight samples without
 data-dependent control flow; average them (or use :func:`gated_mean`) for a scalar.

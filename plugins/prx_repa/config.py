@@ -8,7 +8,7 @@ import attrs
 
 @attrs.frozen(kw_only=True)
 class RepaConfig:
-    """REPA's settings; the defaults are RECIPE.md §5.
+    """REPA's settings; the defaults are docs/recipe.md §5.
 
     ``teacher``: the frozen feature network (syntax in :mod:`prx_core.teachers`); the quickstart
     uses ``"efficientnet-lite0"``. ``block``: the denoiser block whose output is aligned (7 is the

@@ -1,4 +1,4 @@
-"""REPA as plain functions: the projector and the alignment loss (Yu et al. 2024, RECIPE.md §5)."""
+"""REPA as plain functions: the projector and the alignment loss (Yu et al. 2024, docs/recipe.md §5)."""
 from __future__ import annotations
 
 import torch

@@ -26,7 +26,7 @@ class RouteSpec:
 @attrs.frozen(kw_only=True)
 class TreadConfig:
     """``routes``: one or more non-overlapping routes (the TREAD paper allows several), e.g.
-    ``routes = [{start = 2, end = 12, keep = 0.5}]``. The default is RECIPE.md §3's single route."""
+    ``routes = [{start = 2, end = 12, keep = 0.5}]``. The default is docs/recipe.md §3's single route."""
 
     routes: tuple[RouteSpec, ...] = (RouteSpec(),)
 

@@ -1,4 +1,4 @@
-"""TREAD self-guidance ("sparse guidance", Krause et al. 2026; RECIPE.md §4).
+"""TREAD self-guidance ("sparse guidance", Krause et al. 2026; docs/recipe.md §4).
 
 A model trained with routing is also a good *weak* model of itself when run routed. Each
 sampling step runs the same conditional input twice, dense (strong) and routed (weak), and

@@ -1,4 +1,4 @@
-"""TREAD token routing as plain functions, usable without the framework (RECIPE.md §3).
+"""TREAD token routing as plain functions, usable without the framework (docs/recipe.md §3).
 
 Routing is three small steps: pick a random subset of each sample's image tokens
 (:func:`select_tokens`), run the routed blocks on the kept tokens only

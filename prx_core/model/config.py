@@ -6,7 +6,7 @@ import attrs
 
 @attrs.frozen(kw_only=True)
 class DenoiserConfig:
-    """Every number that fixes the denoiser's shape (RECIPE.md §1)."""
+    """Every number that fixes the denoiser's shape (docs/recipe.md §1)."""
 
     hidden: int
     depth: int

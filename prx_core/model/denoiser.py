@@ -1,4 +1,4 @@
-"""The PRX pixel-space x-prediction transformer (RECIPE.md §1).
+"""The PRX pixel-space x-prediction transformer (docs/recipe.md §1).
 
 The block loop is where routing and capture happen, and it knows neither technique: it is
 handed a route plan (which tokens each stretch of blocks sees) and a set of block indices to

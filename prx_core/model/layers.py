@@ -1,4 +1,4 @@
-"""Building blocks of the PRX denoiser (RECIPE.md §1): norms, 2-D RoPE, attention, block."""
+"""Building blocks of the PRX denoiser (docs/recipe.md §1): norms, 2-D RoPE, attention, block."""
 from __future__ import annotations
 
 import math
@@ -49,7 +49,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1e4) -> torch.Tensor:
-    """Sinusoidal embedding of ``1000 * t`` as [cos, sin] (RECIPE.md §1)."""
+    """Sinusoidal embedding of ``1000 * t`` as [cos, sin] (docs/recipe.md §1)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angles = 1000.0 * t.float()[:, None] * freqs

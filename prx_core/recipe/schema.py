@@ -1,7 +1,7 @@
 """The recipe: one attrs class per TOML table of the core. Technique tables are structured into
 each technique's own config class and kept in ``Recipe.techniques``.
 
-Defaults are the PRX speedrun's numbers (RECIPE.md); the quickstart overrides the sizes.
+Defaults are the PRX speedrun's numbers (docs/recipe.md); the quickstart overrides the sizes.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class TextConfig:
 
 @attrs.define(kw_only=True)
 class ObjectiveConfig:
-    """x-prediction with the loss in v-space (RECIPE.md §2)."""
+    """x-prediction with the loss in v-space (docs/recipe.md §2)."""
 
     time_sampling: Literal["shifted_logit_normal", "logit_normal"] = "shifted_logit_normal"
     shift: float = 3.0
