@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,17 @@ def test_a_run_started_from_an_export_and_exported_again_has_exactly_its_weights
     after = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_resumed_fine_tune_no_longer_needs_its_initial_checkpoint(bert_dir, bert_export, tmp_path):
+    init = Path(shutil.copytree(bert_export, tmp_path / "init"))
+    settings = (*with_encoder(bert_dir), f"model.init={json.dumps('diffusers:' + str(init))}")
+    run = train(tmp_path / "run", *settings)
+    shutil.rmtree(init)
+    argv = ["run", str(TINY), "--run-dir", str(run), "--plain", "--resume", "--set", "train.steps=3",
+            "--set", "train.checkpoint_every=2", "--set", "eval.num_prompts=2"]
+    assert main(argv + [a for s in settings for a in ("--set", s)]) == 0
+    assert (run / "checkpoints" / "step_00000003").is_dir()
 
 
 def latent_checkpoint(folder: Path) -> Path:

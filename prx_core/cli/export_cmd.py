@@ -14,8 +14,8 @@ def register(subparsers) -> None:
                     "that Hugging Face diffusers loads: a PRXPixelPipeline (transformer, scheduler with the run's "
                     "time shift, text encoder, tokenizer) when the run's text encoder can be saved on its own, "
                     "otherwise the PRXTransformer2DModel alone. Needs pip install 'prx[diffusers]'.",
-        epilog="Examples: prx export runs/quickstart --out ema.safetensors\n"
-               "          prx export runs/quickstart --format diffusers --out quickstart-diffusers",
+        epilog="Example: prx export runs/quickstart --out ema.safetensors\n"
+               "Example: prx export runs/quickstart --format diffusers --out quickstart-diffusers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="run folder (runs/NAME), its checkpoints/ folder or one step folder")

@@ -108,9 +108,6 @@ def export_diffusers(checkpoint: str | os.PathLike, out: str | os.PathLike) -> D
     """Write the run of ``checkpoint`` to the folder ``out`` (created; it must not hold files).
     Written to a temporary sibling and renamed, so ``out`` is either complete or absent."""
     require_diffusers()
-    from diffusers import FlowMatchEulerDiscreteScheduler, PRXPixelPipeline
-    from transformers import AutoTokenizer
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already holds files: export into a new or empty folder.")
@@ -119,6 +116,24 @@ def export_diffusers(checkpoint: str | os.PathLike, out: str | os.PathLike) -> D
     encoder_class, reason = text_encoder_class(inf.recipe.text.encoder)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, transformer, encoder_class, inf)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return DiffusersExport(out, inf.step, encoder_class is not None, reason, inf.recipe.sample.shift,
+                           inf.recipe.sample.steps, inf.resolution)
+
+
+def _write(tmp: Path, transformer, encoder_class, inf) -> None:
+    """The transformer alone, or the whole pipeline, and the run's recipe, into ``tmp``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, PRXPixelPipeline
+    from transformers import AutoTokenizer
+
     if encoder_class is None:
         transformer.save_pretrained(tmp)
     else:
@@ -135,10 +150,4 @@ def export_diffusers(checkpoint: str | os.PathLike, out: str | os.PathLike) -> D
         )
         pipeline.save_pretrained(tmp)
     (tmp / RECIPE_FILE).write_text(dump_recipe_toml(inf.recipe))
-    if out.exists():
-        out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
-    return DiffusersExport(out, inf.step, encoder_class is not None, reason, inf.recipe.sample.shift,
-                           inf.recipe.sample.steps, inf.resolution)
 

@@ -74,7 +74,9 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     # Everything that can refuse the recipe runs before the run folder exists.
     text_encoder = load_text_encoder(recipe.text, info.device)
     check_declared_dim(recipe.text, text_encoder)
-    check_initial_weights(recipe, text_encoder.dim)
+    resuming = resume and CheckpointManager(folder.checkpoints).latest() is not None
+    if not resuming:  # a resumed run takes its weights from its checkpoint, not from [model] init
+        check_initial_weights(recipe, text_encoder.dim)
     if info.is_main:
         folder.create()
     log_file = open(folder.root / "log.txt", "a") if info.is_main else None
@@ -86,7 +88,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     total_steps = sum(p.steps for p in phases)
     console.total = total_steps
 
-    trainer = Trainer(recipe, techniques, text_encoder, info)
+    trainer = Trainer(recipe, techniques, text_encoder, info, initial_weights=not resuming)
     checkpoints = CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints)
     loader_state = None
     if resume and checkpoints.latest() is not None:

@@ -73,7 +73,10 @@ def single(results: list, what: str):
 class Trainer:
     """Owns the model and everything stepped with it; ``train_step`` does one optimizer step."""
 
-    def __init__(self, recipe: Recipe, techniques: TechniqueSet, text_encoder: TextEncoder, info: D.DistInfo):
+    def __init__(self, recipe: Recipe, techniques: TechniqueSet, text_encoder: TextEncoder, info: D.DistInfo,
+                 initial_weights: bool = True):
+        """``initial_weights``: load ``[model] init``'s checkpoint (False when a resumed
+        checkpoint replaces the weights anyway)."""
         self.recipe = recipe
         self.techniques = techniques
         self.text_encoder = text_encoder
@@ -82,7 +85,8 @@ class Trainer:
         self.model_config = recipe.model.resolve(text_encoder.dim)
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank and every resume
         denoiser = PRXDenoiser(self.model_config, init=recipe.model.init_scheme)
-        load_initial_weights(denoiser, recipe, text_encoder.dim)
+        if initial_weights:
+            load_initial_weights(denoiser, recipe, text_encoder.dim)
         denoiser.activation_checkpointing = recipe.model.activation_checkpointing
         for _, modules in techniques.call("prx_configure_model", model=denoiser, recipe=recipe):
             for name, module in modules.items():
