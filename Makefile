@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,hf,mds,diffusers]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,hf,mds,diffusers,trackers,slurm]'
 	touch $@
 
 venv: $(VENV)/.installed

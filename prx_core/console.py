@@ -53,6 +53,12 @@ class RunConsole:
         else:
             print(message, flush=True)
 
+    def detail(self, text: str) -> None:
+        """Text for the run log only (a traceback behind a line already shown)."""
+        if self.log_file is not None:
+            self.log_file.write(text.rstrip("\n") + "\n")
+            self.log_file.flush()
+
     def advance(self, step: int, phase: str, metrics: Mapping[str, float] | None) -> None:
         """Move the bar to ``step``; with ``metrics`` (a logging step) show / print them."""
         if not self.enabled:

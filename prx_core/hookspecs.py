@@ -6,11 +6,17 @@ The core calls hooks in fixed phases, always in this order (see docs/plugins.md)
 2. validation ....... ``prx_check_recipe``                    (before any tensor is made)
 3. planning ......... ``prx_resolution_schedule``, ``prx_cost``
 4. model set-up ..... ``prx_configure_model``, ``prx_optimizer_groups``
-5. each phase ....... ``prx_phase_change``, then ``prx_routing``, ``prx_capture_blocks``,
+5. tracking ........ ``prx_metrics_sink`` (rank 0, once, after set-up and a resume's load:
+                      the sinks it returns then get every logged row, grid and evaluation)
+6. each phase ....... ``prx_phase_change``, then ``prx_routing``, ``prx_capture_blocks``,
                       ``prx_auxiliary_losses`` (resolved once: the objects they return are used
                       for every step of the phase, so the step itself dispatches no hook)
-6. sampling ......... ``prx_guidance``
-7. checkpoints ...... ``prx_state_dict`` on save, ``prx_load_state_dict`` on resume
+7. sampling ......... ``prx_guidance``
+8. checkpoints ...... ``prx_state_dict`` on save, ``prx_load_state_dict`` on resume
+
+A plugin that implements ``prx_metrics_sink`` is a *tracker*: it observes a run and cannot change
+it, so besides that hook it may implement only ``prx_check_recipe`` (checked at discovery); the
+interference matrix and ablation designs leave trackers out (see docs/trackers.md).
 
 Only the techniques a recipe selects are registered for a run, each as an instance built from
 its structured config; techniques that a phase disables are left out of that phase's calls.
@@ -28,9 +34,12 @@ from prx_core.types import (
     AuxiliaryLoss,
     CostTerm,
     Guidance,
+    MetricsSink,
     OptimizerClaim,
     Phase,
     Router,
+    RunStart,
+    SampleGrid,
     Technique,
 )
 
@@ -98,6 +107,18 @@ def prx_optimizer_groups(model: nn.Module, recipe: Any) -> list[OptimizerClaim]:
 
 
 @hookspec
+def prx_metrics_sink(run: RunStart) -> MetricsSink | None:
+    """Return where this tracker sends the run's records (a :class:`MetricsSink`), or None.
+
+    Called once per process on rank 0 only, after model set-up and, under ``--resume``, after
+    the checkpoint is loaded, before the first phase starts. Return quickly: the core calls the
+    sink's ``open`` (connecting, creating or continuing the tracker run) on the sink's own thread.
+    Only trackers implement it: a plugin that does may implement no hook but this one and
+    ``prx_check_recipe``, which should report a missing library with the extra to install.
+    """
+
+
+@hookspec
 def prx_phase_change(phase: Phase, index: int, step: int) -> None:
     """Tell the technique that phase ``index`` starts at global ``step`` (also on resume)."""
 
@@ -158,9 +179,12 @@ __all__ = [
     "AuxiliaryLoss",
     "CostTerm",
     "Guidance",
+    "MetricsSink",
     "OptimizerClaim",
     "Phase",
     "Router",
+    "RunStart",
+    "SampleGrid",
     "Technique",
     "hookimpl",
     "hookspec",

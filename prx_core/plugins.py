@@ -37,6 +37,9 @@ ENV_TRACE = "PRX_TRACE"
 """Set to 1 to log every hook call and traced event through the run's log."""
 
 _HOOK_NAMES = tuple(hookspecs.hook_names())
+TRACKER_HOOK = "prx_metrics_sink"
+"""A technique that implements this hook is a tracker: it observes a run and may not change it."""
+TRACKER_MAY_ALSO = ("prx_check_recipe",)
 _TECHNIQUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -59,6 +62,16 @@ class Registry:
     hooks_by_technique: dict[str, tuple[str, ...]]
     """technique -> the hooks its plugin class implements, in the order the core calls them."""
     broken: tuple[BrokenPlugin, ...]
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The installed trackers (techniques that implement ``prx_metrics_sink``), sorted."""
+        return tuple(name for name in sorted(self.techniques) if is_tracker(self.hooks_by_technique[name]))
+
+    @property
+    def training_techniques(self) -> tuple[str, ...]:
+        """The installed techniques that are not trackers, sorted: what the matrix and ablations vary."""
+        return tuple(name for name in sorted(self.techniques) if name not in self.trackers)
 
     def describe_broken(self) -> str:
         """One sentence per broken plugin, for error messages ("" when none is broken)."""
@@ -267,7 +280,32 @@ def _check_plugin_class(technique: Technique) -> tuple[str, ...]:
     manager = _new_manager()
     _register_checked(manager, plugin, technique.name)
     implemented = {caller.name for caller in manager.get_hookcallers(plugin) or ()}
-    return tuple(hook for hook in _HOOK_NAMES if hook in implemented)
+    hooks = tuple(hook for hook in _HOOK_NAMES if hook in implemented)
+    if is_tracker(hooks):
+        _check_tracker(technique, hooks)
+    return hooks
+
+
+def is_tracker(hooks: Iterable[str]) -> bool:
+    """Whether a technique implementing ``hooks`` is a tracker."""
+    return TRACKER_HOOK in hooks
+
+
+def _check_tracker(technique: Technique, hooks: tuple[str, ...]) -> None:
+    """A tracker observes a run: it may not change training (so the interference matrix and
+    ablations can leave it out), hence no other hook and no declared behaviour."""
+    name = technique.name
+    others = [hook for hook in hooks if hook != TRACKER_HOOK and hook not in TRACKER_MAY_ALSO]
+    if others:
+        raise PluginError(
+            f"technique '{name}' implements {TRACKER_HOOK}, which makes it a tracker, and also "
+            f"{names_list(others)}; a tracker may implement only {names_list((TRACKER_HOOK, *TRACKER_MAY_ALSO))} "
+            "(it observes a run and must not change it): register the tracker and the technique separately"
+        )
+    declared = [field for field in ("effects", "roles") if getattr(technique, field)]
+    if declared:
+        raise PluginError(f"technique '{name}' is a tracker (it implements {TRACKER_HOOK}) and so declares no "
+                          f"{' and no '.join(declared)}: a tracker has no effect on training")
 
 
 def _qualname(obj: object) -> str:

@@ -117,12 +117,15 @@ def refusals(names: Sequence[str], registry: Registry | None = None) -> list[str
 
 
 def subsets(registry: Registry | None = None) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-    """(fast tier, slow tier): every subset of the registry's techniques (sorted names) exactly once.
+    """(fast tier, slow tier): every subset of the registry's training techniques (sorted names)
+    exactly once.
 
     The fast tier is the empty set, each technique alone, all of them, and the largest selections
-    that run (no refusal); the slow tier is the rest."""
+    that run (no refusal); the slow tier is the rest. Trackers are left out: they implement no
+    hook that can change training (discovery refuses one that does), so they would only multiply
+    the matrix; tests/test_trackers.py checks each against its own library's reader instead."""
     registry = _registry_or_installed(registry)
-    names = tuple(sorted(registry.techniques))
+    names = registry.training_techniques
     every = [combo for size in range(len(names) + 1) for combo in itertools.combinations(names, size)]
     largest = [combo for combo in every if not refusals(combo, registry)]
     largest = [combo for combo in largest if not any(set(combo) < set(other) for other in largest)]

@@ -5,11 +5,13 @@ that the tensors inside them can flow through a ``torch.compile``-d model withou
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import attrs
 import torch
+from PIL import Image
 from torch import nn
 
 
@@ -174,3 +176,69 @@ class RunContext:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     log: Callable[[str], None] = print
+
+
+@attrs.frozen
+class RunStart:
+    """What a tracker learns once, on rank 0, when a run's training is about to start.
+
+    ``name`` is the run's display name (the run folder relative to ``[train] runs_dir``, e.g.
+    ``quickstart``); ``folder`` the run folder, where a tracker keeps what it needs to continue
+    its tracker run after ``--resume`` (:func:`prx_core.runfolder.read_tracker_state`).
+    ``recipe`` is the resolved recipe as plain TOML data (what ``recipe.toml`` holds), ``facts``
+    the run's facts (techniques, parameters, device, processes, precision, git commit, versions).
+    Training continues after step ``start_step`` (0 for a new run; the checkpoint's step after
+    ``--resume``) until ``total_steps``; ``resumed`` is True under ``--resume``.
+    """
+
+    name: str
+    folder: Path
+    recipe: Mapping[str, Any]
+    facts: Mapping[str, Any]
+    start_step: int
+    total_steps: int
+    resumed: bool
+
+
+@attrs.frozen
+class SampleGrid:
+    """A grid of preview samples as the run folder has it: ``image`` (the PNG at ``path``) and
+    the ``captions`` of its cells, row by row."""
+
+    image: Image.Image
+    captions: Sequence[str]
+    path: Path
+
+
+class MetricsSink(Protocol):
+    """Where a tracker sends a run's records (returned by ``prx_metrics_sink``).
+
+    The core calls it on rank 0 only, on a thread of its own (training never waits for a
+    tracker), in this order: :meth:`open` once, then :meth:`metrics` at each logged step,
+    :meth:`images` when a sample grid is made, :meth:`evaluation` after the final evaluation, and
+    :meth:`close` at the end, also after Ctrl-C or an error. An exception from any method is
+    reported once and switches this sink off for the rest of the run; ``metrics.jsonl`` remains
+    the record. After ``--resume`` the core sends again every record after ``RunStart.start_step``
+    (and the final grid and evaluation of a run that had finished training): the sink must keep
+    the tracker from holding a step twice.
+    """
+
+    def open(self) -> None:
+        """Create or continue the tracker run and record the recipe and the run facts."""
+        ...
+
+    def metrics(self, step: int, row: Mapping[str, Any]) -> None:
+        """One logged step: ``row`` is the line ``metrics.jsonl`` gets (numbers, plus "phase")."""
+        ...
+
+    def images(self, step: int, grid: SampleGrid) -> None:
+        """A sample grid made after training step ``step``."""
+        ...
+
+    def evaluation(self, step: int, results: Mapping[str, float]) -> None:
+        """The final evaluation, flattened: ``{"prompt_following/overall": 0.43, ...}``."""
+        ...
+
+    def close(self, status: str) -> None:
+        """The end of this process's part of the run: "finished", "interrupted" or "failed"."""
+        ...

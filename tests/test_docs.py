@@ -5,7 +5,9 @@ core during a plan / train / sample / checkpoint / resume cycle."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from prx_core.model.config import DenoiserConfig
 from prx_core.plugins import HookTrace
 from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.testing import matrix_recipe, train
-from prx_core.types import CostTerm, Phase, Technique
+from prx_core.types import CostTerm, Phase, RunStart, Technique
 
 ROOT = Path(__file__).parents[1]
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()
@@ -182,9 +184,13 @@ ARGUMENT_TYPES = {
 }
 
 
-def test_the_probe_implements_every_hook():
+def test_the_probes_implement_every_hook():
+    """The training probe implements every hook a technique may (all but the tracker's), the
+    tracker probe below the tracker's."""
     implemented = {name for name in dir(Probe) if name.startswith("prx_")} | {"prx_register_techniques"}
-    assert implemented == set(HOOKS), f"add {sorted(set(HOOKS) - implemented)} to the Probe in tests/test_docs.py"
+    assert implemented | {plugins.TRACKER_HOOK} == set(HOOKS), (
+        f"add {sorted(set(HOOKS) - implemented - {plugins.TRACKER_HOOK})} to the Probe in tests/test_docs.py")
+    assert {name for name in dir(TrackerProbe) if name.startswith("prx_")} == {plugins.TRACKER_HOOK}
 
 
 def test_every_hook_is_called_by_the_core_with_its_documented_arguments(matrix_recipe, tmp_path):
@@ -193,7 +199,7 @@ def test_every_hook_is_called_by_the_core_with_its_documented_arguments(matrix_r
     first = train(matrix_recipe, ["probe"], tmp_path / "first", registry=registry)
     resumed = train(matrix_recipe, ["probe"], tmp_path / "resumed", registry=registry, resume=first.checkpoint)
     called = [hook for hook, _ in CALLS]
-    never = [hook for hook in HOOKS if hook not in called]
+    never = [hook for hook in HOOKS if hook not in called and hook != plugins.TRACKER_HOOK]
     assert never == [], f"the core never called {never} in a plan / train / sample / checkpoint / resume cycle"
     for hook, arguments in CALLS:
         assert list(arguments) == list(inspect.signature(getattr(hookspecs, hook)).parameters)
@@ -215,7 +221,8 @@ def test_the_order_check_catches_a_hook_called_out_of_its_stage(hook):
     checkpoint-saving hooks may come again."""
     stages = documented_stages()
     setup = [(None, "hook", h, "probe") for h in HOOKS[1:] if stages[h] < stages["prx_phase_change"]]
-    phase = [(0, "phase", "a", "core"), *[(None, "hook", h, "probe") for h in HOOKS if stages[h] == 5]]
+    phase = [(0, "phase", "a", "core"),
+             *[(None, "hook", h, "probe") for h in HOOKS if stages[h] == stages["prx_phase_change"]]]
     assert hook_order_problems(setup + phase) == []
     late = hook_order_problems(setup + phase + [(None, "hook", hook, "probe")])
     assert (late == []) == (hook in ("prx_guidance", "prx_state_dict")), late
@@ -271,3 +278,102 @@ def test_the_citation_check_catches_a_missing_file_and_a_missing_section(tmp_pat
     recipe = resolve_citation("docs/recipe.md", ROOT / "prx_core" / "ema.py")
     assert recipe is not None and re.search(r"^## 7\. ", recipe.read_text(), flags=re.M)
     assert not re.search(r"^#+ 11\. ", recipe.read_text(), flags=re.M)
+
+
+# --- the tracker hook, through `prx run` --------------------------------------------------------
+
+SINK_CALLS: list[tuple] = []
+
+
+class ProbeSink:
+    """Records every call the core makes on a metrics sink, with the thread it came on."""
+
+    def _seen(self, *call: Any) -> None:
+        SINK_CALLS.append((*call, threading.current_thread().name))
+
+    def open(self):
+        self._seen("open")
+
+    def metrics(self, step, row):
+        self._seen("metrics", step, dict(row))
+
+    def images(self, step, grid):
+        self._seen("images", step, grid)
+
+    def evaluation(self, step, results):
+        self._seen("evaluation", step, dict(results))
+
+    def close(self, status):
+        self._seen("close", status)
+
+
+class TrackerProbe:
+    def __init__(self, config, context):
+        self.context = context
+
+    @hookspecs.hookimpl
+    def prx_metrics_sink(self, run):
+        CALLS.append(("prx_metrics_sink", {"run": run}))
+        return ProbeSink()
+
+
+def tracker_probe_module() -> types.ModuleType:
+    module = types.ModuleType("tracker_probe_plugin")
+
+    @hookspecs.hookimpl
+    def prx_register_techniques():
+        return [Technique(name="probe_tracker", plugin=TrackerProbe, summary="records the sink calls")]
+
+    module.prx_register_techniques = prx_register_techniques
+    return module
+
+
+def traced_events(log: str) -> list[tuple]:
+    """The hook trace back from the ``trace:`` lines PRX_TRACE=1 writes into log.txt."""
+    events = []
+    for line in log.splitlines():
+        found = re.fullmatch(r"trace: (?:step (\d+) )?(\w+) (\S+) \[(\w+)\]", line)
+        if found:
+            step, kind, name, technique = found.groups()
+            events.append((None if step is None else int(step), kind, name, technique))
+    return events
+
+
+@pytest.mark.slow
+def test_the_tracker_hook_is_called_once_on_rank_0_after_set_up_and_its_sink_gets_every_record(
+        tmp_path, monkeypatch):
+    from prx_core.recipe.loader import load_recipe
+    from prx_core.train.loop import run_training
+
+    monkeypatch.setenv("PRX_TRACE", "1")
+    registry = plugins.discover(extra_modules=[tracker_probe_module()])
+    tiny = ROOT / "tests" / "fixtures" / "tiny.toml"
+    run_dir = tmp_path / "run"
+    for steps, resume in ((3, False), (6, True)):
+        CALLS.clear()
+        SINK_CALLS.clear()
+        (run_dir / "log.txt").unlink(missing_ok=True)  # the trace of this process only
+        recipe = load_recipe(tiny, ['plugins=["probe_tracker", "cfg"]', f"train.steps={steps}",
+                                    "train.sample_every=2"], registry)
+        run_training(recipe, registry, run_dir, resume=resume, interactive=False)
+        [(hook, arguments)] = CALLS
+        run = arguments["run"]
+        assert isinstance(run, RunStart) and (run.start_step, run.total_steps, run.resumed) == (steps - 3, steps, resume)
+        assert run.folder == run_dir and run.recipe["train"]["steps"] == steps and run.facts["techniques"] == ["cfg"]
+        assert run.facts["trackers"] == ["probe_tracker"] and run.facts["parameters_total"] > 0
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        kinds = [call[0] for call in SINK_CALLS]
+        assert kinds[0] == "open" and kinds[-1] == "close" and SINK_CALLS[-1][1] == "finished"
+        assert [call[1:3] for call in SINK_CALLS if call[0] == "metrics"] == [
+            (row["step"], row) for row in rows if row["step"] > steps - 3]
+        grids = [call for call in SINK_CALLS if call[0] == "images"]
+        assert [call[1] for call in grids] == [s for s in (2, 4, 6) if steps - 3 < s <= steps] + [steps] * (steps % 2)
+        assert grids[-1][2].path == run_dir / "samples" / f"step_{steps:08d}.png"
+        assert list(grids[-1][2].captions) == (run_dir / "samples" / f"step_{steps:08d}.txt").read_text().split("\n")[:-1]
+        [(_, step, results, _)] = [call for call in SINK_CALLS if call[0] == "evaluation"]
+        assert step == steps and results["prompt_following/overall"] == evaluation["prompt_following"]["overall"]
+        assert {call[-1] for call in SINK_CALLS} == {"prx-tracker-probe_tracker"}  # never the training thread
+        events = traced_events((run_dir / "log.txt").read_text())
+        assert ("hook", "prx_metrics_sink", "probe_tracker") in [e[1:] for e in events]
+        assert hook_order_problems(events) == []

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
@@ -18,16 +19,17 @@ from prx_core.generate import generate, save_grid
 from prx_core.evaluation.prompts import eval_scenes
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.plugins import Registry, TechniqueSet
-from prx_core.recipe.loader import dump_recipe_toml
+from prx_core.recipe.loader import dump_recipe_toml, recipe_to_dict
 from prx_core.recipe.schema import Recipe
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.text import check_declared_dim, load_text_encoder
 from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.plan import accumulation_steps, plan_phases
+from prx_core.train.sinks import Sinks, run_facts, run_name
 from prx_core.train.state import load_checkpoint, save_checkpoint
 from prx_core.train.trainer import Trainer, single
-from prx_core.types import RunContext
+from prx_core.types import RunContext, RunStart, SampleGrid
 
 
 class NonFiniteError(UserError):
@@ -71,7 +73,11 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     if not resume and CheckpointManager(folder.checkpoints).latest() is not None:
         raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
                         f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
-    # Everything that can refuse the recipe runs before the run folder exists.
+    # Everything that can refuse the recipe runs before the run folder exists: the plugins' checks
+    # first (the cheapest), then the text encoder and the initial weights.
+    console = RunConsole(0, enabled=info.is_main, interactive=interactive)
+    context = RunContext(recipe, recipe.seed, info.rank, info.world_size, info.device, console.log)
+    techniques = TechniqueSet(recipe, registry, context)
     text_encoder = load_text_encoder(recipe.text, info.device)
     check_declared_dim(recipe.text, text_encoder)
     resuming = resume and CheckpointManager(folder.checkpoints).latest() is not None
@@ -79,10 +85,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         check_initial_weights(recipe, text_encoder.dim)
     if info.is_main:
         folder.create()
-    log_file = open(folder.root / "log.txt", "a") if info.is_main else None
-    console = RunConsole(0, enabled=info.is_main, interactive=interactive, log_file=log_file)
-    context = RunContext(recipe, recipe.seed, info.rank, info.world_size, info.device, console.log)
-    techniques = TechniqueSet(recipe, registry, context)
+        console.log_file = open(folder.root / "log.txt", "a")
     phases = plan_phases(recipe, techniques)
     micro = {p.name: accumulation_steps(recipe, p, info.world_size) for p in phases}
     total_steps = sum(p.steps for p in phases)
@@ -103,7 +106,8 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     if info.is_main:
         (folder.root / "recipe.toml").write_text(dump_recipe_toml(recipe))
         console.log(f"run folder: {folder.root}")
-        console.log(f"techniques: {', '.join(techniques.names) or '(none)'}")
+        trained = [name for name in techniques.names if name not in registry.trackers]
+        console.log(f"techniques: {', '.join(trained) or '(none)'}")
         console.log("parameters: " + ", ".join(f"{k} {v:,}" for k, v in trainer.param_split.items()))
         console.log(f"device: {info.device}, processes: {info.world_size} ({info.strategy}), "
                     f"precision: {'bf16 autocast' if trainer.autocast else 'fp32'}")
@@ -117,13 +121,15 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         path = save_checkpoint(trainer, checkpoints, info, {"loader": data.state_dict()})
         console.log(f"checkpoint: {path}")
 
-    if trainer.step >= total_steps:  # a finished run resumed: only the final samples, eval and summary remain
-        trainer.start_phase(phases[-1], len(phases) - 1)
     logged = folder.read_metrics() if resume else []
     started = time.monotonic() - (logged[-1]["wall_s"] if logged else 0.0)  # wall_s continues across resumes
     window_start, window_steps = time.monotonic(), 0
     last_phase, batches = None, None
+    sinks = open_sinks(recipe, registry, techniques, trainer, info, folder, total_steps, resume, console)
+    status = "failed"
     try:
+        if trainer.step >= total_steps:  # a finished run resumed: only the final samples, eval and summary remain
+            trainer.start_phase(phases[-1], len(phases) - 1)
         with console, Interrupted() as interrupted:
             while trainer.step < total_steps:
                 index, _ = phase_at(phases, trainer.step)
@@ -159,11 +165,12 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     window_start, window_steps = time.monotonic(), 0
                     if info.is_main:
                         folder.append_metrics(row)
+                        sinks.metrics(trainer.step, row)
                     console.advance(trainer.step, phase.name, row)
                 else:
                     console.advance(trainer.step, phase.name, None)
                 if recipe.train.sample_every and trainer.step % recipe.train.sample_every == 0 and trainer.step < total_steps:
-                    write_samples(trainer, folder, recipe, info)
+                    write_samples(trainer, folder, recipe, info, sinks)
                 out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
                 if trainer.step % recipe.train.checkpoint_every == 0 or interrupted.flag:
                     save()
@@ -172,17 +179,23 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     break
                 if interrupted.flag:
                     console.log(f"interrupted at step {trainer.step}; continue with: prx run ... --resume")
+                    status = "interrupted"
                     return folder.root
             if saved_at != trainer.step:
                 save()
-        finish(trainer, folder, recipe, info, console, started, phases)
+        finish(trainer, folder, recipe, info, console, started, phases, sinks)
+        status = "finished"
         # Rank 0 evaluates alone; the others wait for it so that every rank takes its process
         # group down together (once, a gloo rank that left early aborted at exit in the tests).
         D.barrier(info)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
+        sinks.close(status, console.log)
         data.close()
-        if log_file is not None:
-            log_file.close()
+        if console.log_file is not None:
+            console.log_file.close()
         D.shutdown()
     return folder.root
 
@@ -213,7 +226,21 @@ def resolve_guidance(trainer: Trainer, recipe: Recipe):
     return TracedGuidance(guidance, found[0][0], trainer.techniques.trace, trainer.step)
 
 
-def write_samples(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo) -> None:
+def open_sinks(recipe: Recipe, registry: Registry, techniques: TechniqueSet, trainer: Trainer, info: D.DistInfo,
+               folder: RunFolder, total_steps: int, resume: bool, console: RunConsole) -> Sinks:
+    """The trackers' sinks, on rank 0 (none elsewhere), told where training starts."""
+    trackers = tuple(name for name in techniques.names if name in registry.trackers)
+    if not info.is_main or not trackers:
+        return Sinks([])
+    facts = run_facts(techniques, trackers, trainer.param_split, str(info.device), info.world_size, info.strategy,
+                      "bf16 autocast" if trainer.autocast else "fp32")
+    run = RunStart(run_name(folder.root, recipe.train.runs_dir), folder.root, recipe_to_dict(recipe), facts,
+                   trainer.step, total_steps, resume)
+    console.log(f"trackers: {', '.join(trackers)}")
+    return Sinks.open(techniques, run, console.log, console.detail)
+
+
+def write_samples(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, sinks: Sinks) -> None:
     model = sampling_model(trainer)  # on every rank: under FSDP2 this gathers the EMA shards
     if not info.is_main:
         return
@@ -222,7 +249,11 @@ def write_samples(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.D
     images = generate(model, trainer.text_encoder, captions, (trainer.phase.resolution,) * 2, recipe.sample,
                       steps=recipe.sample.preview_steps, guidance=resolve_guidance(trainer, recipe),
                       seed=recipe.sample.seed, autocast=trainer.autocast)
-    save_grid(images, captions, folder.samples / f"step_{trainer.step:08d}.png", columns=recipe.sample.columns)
+    path = folder.samples / f"step_{trainer.step:08d}.png"
+    save_grid(images, captions, path, columns=recipe.sample.columns)
+    if sinks.feeds:
+        with Image.open(path) as grid:
+            sinks.images(trainer.step, SampleGrid(grid.convert("RGB"), tuple(captions), path))
 
 
 def images_seen(phases, step: int) -> int:
@@ -235,9 +266,9 @@ def images_seen(phases, step: int) -> int:
 
 
 def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, console: RunConsole,
-           started: float, phases) -> None:
+           started: float, phases, sinks: Sinks) -> None:
     """Final sample grid, prompt-following evaluation and summary (rank 0)."""
-    write_samples(trainer, folder, recipe, info)
+    write_samples(trainer, folder, recipe, info, sinks)
     model = sampling_model(trainer)  # on every rank: under FSDP2 this gathers the EMA shards
     if not info.is_main:
         return
@@ -246,6 +277,7 @@ def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo
                                                    trainer.autocast)}
     score = evaluation["prompt_following"]
     folder.write_json(EVAL, evaluation)
+    sinks.evaluation(trainer.step, evaluation)
     rows = folder.read_metrics()
     wall = rows[-1]["wall_s"] if rows else time.monotonic() - started
     images = images_seen(phases, trainer.step)
