@@ -218,9 +218,11 @@ class MetricsSink(Protocol):
     :meth:`images` when a sample grid is made, :meth:`evaluation` after the final evaluation, and
     :meth:`close` at the end, also after Ctrl-C or an error. An exception from any method is
     reported once and switches this sink off for the rest of the run; ``metrics.jsonl`` remains
-    the record. After ``--resume`` the core sends again every record after ``RunStart.start_step``
-    (and the final grid and evaluation of a run that had finished training): the sink must keep
-    the tracker from holding a step twice.
+    the record. After ``--resume`` the core first sends again, in step order, the rows and grids
+    the run folder holds up to ``RunStart.start_step`` (so a tracker fills in what the kill made
+    it lose), then every record after it, which the resumed run makes again (and the final grid
+    and evaluation of a run that had finished training). Within one process each record comes
+    once; the sink must skip what its tracker already holds, so that no step is held twice.
     """
 
     def open(self) -> None:

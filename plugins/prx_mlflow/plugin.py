@@ -20,7 +20,7 @@ class MlflowSink:
     """One MLflow run per run folder: its id is stored in the run folder (``trackers/mlflow.json``)
     as soon as the run exists, and ``--resume`` continues it. MLflow appends every logged value to
     a metric's history, so a resumed run logs, per metric, only the steps after the last one the
-    history holds; sample grids are artifacts named by step, which a second upload replaces."""
+    history holds, and uploads only the sample grids (artifacts named by step) it lacks."""
 
     def __init__(self, config: MlflowConfig, run: RunStart):
         self.config = config
@@ -28,6 +28,7 @@ class MlflowSink:
         self.client: Any = None
         self.run_id = ""
         self.held: dict[str, int] = {}
+        self.artifacts: set[str] = set()
 
     def open(self) -> None:
         from mlflow import MlflowClient
@@ -40,6 +41,7 @@ class MlflowSink:
             self.run_id = state["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
             self.held = held_steps(self.client, self.run_id)
+            self.artifacts = {f.path for f in self.client.list_artifacts(self.run_id, "samples")}
         else:
             experiment = self.client.get_experiment_by_name(c.experiment)
             experiment_id = (experiment.experiment_id if experiment is not None else
@@ -66,11 +68,11 @@ class MlflowSink:
         self._log(row_metrics(step, row, self.held))
 
     def images(self, step: int, grid: SampleGrid) -> None:
-        if self.config.images:
-            self.client.log_artifact(self.run_id, str(grid.path), "samples")
-            prompts = grid.path.with_suffix(".txt")
-            if prompts.is_file():
-                self.client.log_artifact(self.run_id, str(prompts), "samples")
+        if not self.config.images:
+            return
+        for path in (grid.path, grid.path.with_suffix(".txt")):
+            if path.is_file() and f"samples/{path.name}" not in self.artifacts:
+                self.client.log_artifact(self.run_id, str(path), "samples")
 
     def evaluation(self, step: int, results: Mapping[str, float]) -> None:
         self._log(new_metrics(step, {f"eval/{key}": value for key, value in results.items()}, self.held))

@@ -13,6 +13,8 @@ from prx_core.types import SampleGrid
 
 GRID_TAG = "samples"
 PROMPTS_TAG = "samples/prompts"
+TEXT_SUFFIX = "/text_summary"
+"""``add_text`` stores a tag ``T`` as ``T/text_summary``."""
 EVAL_PREFIX = "eval/"
 
 
@@ -23,8 +25,12 @@ def write_metrics(writer: Any, step: int, row: Mapping[str, Any]) -> None:
 
 
 def write_grid(writer: Any, step: int, grid: SampleGrid) -> None:
-    """The sample grid as an image and its prompts as numbered text."""
+    """The sample grid as an image (each cell shows its prompt beneath it)."""
     writer.add_image(GRID_TAG, np.asarray(grid.image.convert("RGB")), step, dataformats="HWC")
+
+
+def write_prompts(writer: Any, step: int, grid: SampleGrid) -> None:
+    """The grid's prompts as numbered text (the same prompts at every step of a run)."""
     writer.add_text(PROMPTS_TAG, "\n".join(f"{i + 1}. {c}" for i, c in enumerate(grid.captions)), step)
 
 
@@ -39,15 +45,15 @@ def has_events(log_dir: Path) -> bool:
     return any(Path(log_dir).glob("events.out.tfevents.*"))
 
 
-def tags_at(log_dir: Path, step: int) -> set[str]:
-    """The scalar, image and text tags the event files in ``log_dir`` hold at ``step`` (read with
-    TensorBoard's own event reader, which applies purges as TensorBoard shows them)."""
+def held_steps(log_dir: Path) -> dict[str, set[int]]:
+    """Tag -> the steps the event files in ``log_dir`` hold (scalars, images, text), read with
+    TensorBoard's own event reader, which applies earlier purges as TensorBoard shows them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 1, "tensors": 0})
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     accumulator.Reload()
     tags = accumulator.Tags()
-    held = {tag for tag in tags["scalars"] if any(e.step == step for e in accumulator.Scalars(tag))}
-    held |= {tag for tag in tags["images"] if any(e.step == step for e in accumulator.Images(tag))}
-    held |= {tag for tag in tags["tensors"] if any(e.step == step for e in accumulator.Tensors(tag))}
+    held = {tag: {e.step for e in accumulator.Scalars(tag)} for tag in tags["scalars"]}
+    held.update({tag: {e.step for e in accumulator.Images(tag)} for tag in tags["images"]})
+    held.update({tag: {e.step for e in accumulator.Tensors(tag)} for tag in tags["tensors"]})
     return held

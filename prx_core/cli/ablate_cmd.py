@@ -75,6 +75,11 @@ def make_plan(args: argparse.Namespace) -> tuple[AblationPlan, Recipe]:
     unknown = unknown_technique_problems(sorted({n for f in factors for n in f.plugins}), registry, "--vary")
     if unknown:
         raise UserError("\n\n".join(unknown))
+    trackers = sorted({n for f in factors for n in f.plugins} & set(registry.trackers))
+    if trackers:
+        raise UserError(f"--vary names {', '.join(trackers)}: {'it is a tracker' if len(trackers) == 1 else 'trackers'}"
+                        f", which records runs and cannot change training, so there is nothing to compare. Put "
+                        f"trackers in the recipe's plugins (or --set plugins=[...]): every variant keeps them.")
     if args.pairs and args.design == "factorial":
         raise UserError("--pairs adds pair runs to one-at-a-time and leave-one-out designs; factorial has them.")
     variants, skipped = split_valid(design_variants(recipe.plugins, factors, args.design, args.pairs),

@@ -237,7 +237,10 @@ def open_sinks(recipe: Recipe, registry: Registry, techniques: TechniqueSet, tra
     run = RunStart(run_name(folder.root, recipe.train.runs_dir), folder.root, recipe_to_dict(recipe), facts,
                    trainer.step, total_steps, resume)
     console.log(f"trackers: {', '.join(trackers)}")
-    return Sinks.open(techniques, run, console.log, console.detail)
+    sinks = Sinks.open(techniques, run, console.log, console.detail)
+    if resume:
+        sinks.replay(folder, trainer.step, finished=trainer.step >= total_steps)
+    return sinks
 
 
 def write_samples(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, sinks: Sinks) -> None:

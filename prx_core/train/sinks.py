@@ -3,7 +3,9 @@
 Training never waits for a tracker: each call is queued for the sink's thread, which makes the
 calls in order. A sink that raises is reported once (console and ``log.txt``, with the traceback
 in ``log.txt``) and receives nothing more but its ``close``; training goes on and
-``metrics.jsonl`` keeps every row. At the end the core waits for each sink to finish its queue
+``metrics.jsonl`` keeps every row. After ``--resume`` the sinks first get again what the run
+folder logged up to the checkpoint (:meth:`Sinks.replay`), so a tracker that lost records to the
+kill fills them in. At the end the core waits for each sink to finish its queue
 and close, up to :data:`CLOSE_TIMEOUT_S`.
 """
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from prx_core.plugins import TechniqueSet
+from prx_core.runfolder import RunFolder
 from prx_core.tracking import flatten
 from prx_core.types import MetricsSink, RunStart, SampleGrid
 
@@ -90,6 +94,22 @@ class Sinks:
     def _send(self, method: str, step: int | None, *args: Any) -> None:
         for feed in self.feeds:
             feed.send(method, step, *args)
+
+    def replay(self, folder: RunFolder, start_step: int, finished: bool) -> None:
+        """After ``--resume``: send again what the run folder logged up to ``start_step`` (its
+        metrics rows and sample grids; not the final grid of a finished run, which the run makes
+        again), in step order, for the trackers to fill in what they lost when the run was killed
+        (a tracker's buffers, or queued records its thread had not written)."""
+        rows = {row["step"]: row for row in folder.read_metrics() if row["step"] <= start_step}
+        last_grid = start_step - 1 if finished else start_step
+        grids = {int(path.stem.removeprefix("step_")): path for path in sorted(folder.samples.glob("step_*.png"))}
+        for step in sorted(set(rows) | {s for s in grids if s <= last_grid}):
+            if step in rows:
+                self.metrics(step, rows[step])
+            if step in grids and step <= last_grid:
+                prompts = grids[step].with_suffix(".txt")
+                captions = tuple(prompts.read_text().splitlines()) if prompts.is_file() else ()
+                self.images(step, SampleGrid(Image.open(grids[step]), captions, grids[step]))
 
     def metrics(self, step: int, row: Mapping[str, Any]) -> None:
         self._send("metrics", step, step, dict(row))
