@@ -18,6 +18,7 @@ from prx_core.ablation.design import (
     parse_vary,
     split_valid,
 )
+from prx_core.ablation.cluster import SlurmOptions, run_cluster
 from prx_core.ablation.report import build_report
 from prx_core.ablation.runner import DEFAULT_LAUNCHER, run_ablation
 from prx_core.cli.common import add_set_argument
@@ -61,7 +62,85 @@ def register(subparsers) -> None:
                    help="command that runs `run RECIPE ...` (default: this python -m prx_core; e.g. "
                         "'torchrun --nproc-per-node 8 -m prx_core' for multi-GPU runs)")
     p.add_argument("--plan-only", action="store_true", help="print the planned runs and stop")
+    cluster = p.add_argument_group(
+        "cluster (--executor slurm)",
+        "Each unfinished run becomes one task of one SLURM array job (submitit), with torchrun inside for several "
+        "GPUs. The job ids are kept in ABLATION/slurm/jobs.json: run the same command again (after the submitting "
+        "process died, or with --detach) to wait for queued and running jobs without resubmitting them; jobs that "
+        "ended without finishing are resubmitted with prx run --resume only when --resume is given. The ablation "
+        "folder must be on storage every node sees. Example: prx ablate recipes/quickstart.toml --vary tread,repa "
+        "--executor slurm --partition gpu --time 4:00:00 --gpus-per-job 8 --account mylab --detach")
+    cluster.add_argument("--executor", choices=("local", "slurm"), default="local",
+                         help="local: subprocesses on this machine (default); slurm: one array job through submitit")
+    cluster.add_argument("--partition", default="", help="SLURM partition (sbatch --partition)")
+    cluster.add_argument("--time", default="24:00:00", metavar="[D-]HH:MM:SS|MINUTES",
+                         help="time limit per job (default: 24:00:00); a job that reaches it is requeued and resumes")
+    cluster.add_argument("--gpus-per-job", type=int, default=1, metavar="G",
+                         help="GPUs per node for each run (default: 1); above 1 the run is launched with torchrun")
+    cluster.add_argument("--nodes-per-job", type=int, default=1, metavar="N",
+                         help="nodes per run (default: 1); torchrun's rendezvous is on the job's first node")
+    cluster.add_argument("--cpus-per-gpu", type=int, default=8, metavar="C",
+                         help="CPU cores per GPU, for the data loader workers (default: 8; with 0 GPUs, per job)")
+    cluster.add_argument("--mem-gb", type=int, metavar="GB", help="memory per node (default: the partition's)")
+    cluster.add_argument("--account", default="", help="SLURM account to charge (sbatch --account)")
+    cluster.add_argument("--qos", default="", help="SLURM quality of service (sbatch --qos)")
+    cluster.add_argument("--constraint", default="", help="node features, e.g. h100 (sbatch --constraint)")
+    cluster.add_argument("--max-running", type=int, default=0, metavar="K",
+                         help="at most K runs of the array at once (sbatch --array=...%%K; default: all)")
+    cluster.add_argument("--sbatch", action="append", default=[], metavar="KEY[=VALUE]",
+                         help="any other sbatch option, repeatable, e.g. --sbatch mail-type=END --sbatch exclusive")
+    cluster.add_argument("--setup", action="append", default=[], metavar="LINE",
+                         help="a shell line run in each job before prx, repeatable, e.g. --setup 'module load cuda'")
+    cluster.add_argument("--detach", action="store_true",
+                         help="submit and return; run the same command again later to collect the runs and report")
+    cluster.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
+                         help="local: submitit's local executor runs the same jobs as processes on this machine "
+                              "(to try the pipeline without a cluster)")
     p.set_defaults(func=ablate)
+
+
+def parse_time(text: str) -> int:
+    """``[D-]HH:MM[:SS]`` or minutes -> minutes (rounded up), as sbatch --time reads it."""
+    try:
+        if ":" not in text:
+            minutes = float(text)
+        else:
+            days, _, clock = text.rpartition("-")
+            parts = [float(part) for part in clock.split(":")]
+            hours, mins, secs = (parts + [0.0])[:3] if len(parts) == 2 else parts
+            minutes = (float(days or 0) * 24 + hours) * 60 + mins + secs / 60
+    except ValueError:
+        minutes = -1
+    if minutes <= 0:
+        raise UserError(f"--time '{text}': give the time limit per job as HH:MM:SS, D-HH:MM:SS or minutes, "
+                        "e.g. --time 4:00:00.")
+    return int(-(-minutes // 1))
+
+
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    if args.parallel != 1:
+        raise UserError("--parallel sets local runs at once; with --executor slurm use --max-running.")
+    for name in ("gpus_per_job", "cpus_per_gpu", "max_running"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(args, name)}).")
+    if args.nodes_per_job < 1:
+        raise UserError(f"--nodes-per-job must be at least 1 (got {args.nodes_per_job}).")
+    return SlurmOptions(
+        cluster=args.slurm_cluster, partition=args.partition, time_min=parse_time(args.time),
+        gpus_per_job=args.gpus_per_job, nodes=args.nodes_per_job, cpus_per_gpu=args.cpus_per_gpu,
+        mem_gb=args.mem_gb, account=args.account, qos=args.qos, constraint=args.constraint,
+        max_running=args.max_running, sbatch=tuple(args.sbatch), setup=tuple(args.setup),
+        poll_s=30.0 if args.slurm_cluster == "slurm" else 0.5,
+    )
+
+
+CLUSTER_ONLY = ("partition", "account", "qos", "constraint", "sbatch", "setup", "detach", "mem_gb")
+
+
+def check_local_options(args: argparse.Namespace) -> None:
+    given = [name for name in CLUSTER_ONLY if getattr(args, name)]
+    if given:
+        raise UserError(f"--{given[0].replace('_', '-')} applies to --executor slurm; add --executor slurm or drop it.")
 
 
 def make_plan(args: argparse.Namespace) -> tuple[AblationPlan, Recipe]:
@@ -99,6 +178,7 @@ def make_plan(args: argparse.Namespace) -> tuple[AblationPlan, Recipe]:
 
 def ablate(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
+    options = slurm_options(args) if args.executor == "slurm" else check_local_options(args)
     plan, recipe = make_plan(args)
     folder = args.out or Path(recipe.train.runs_dir) / f"ablate-{recipe.name}-{args.design}"
     stored = folder / PLAN_FILE
@@ -122,8 +202,14 @@ def ablate(args: argparse.Namespace) -> int:
         return 0
     folder.mkdir(parents=True, exist_ok=True)
     stored.write_text(plan.to_json())
-    outcomes = run_ablation(folder, plan.recipe, specs, args.parallel, args.resume, shlex.split(args.launcher),
-                            console)
+    if options is None:
+        outcomes = run_ablation(folder, plan.recipe, specs, args.parallel, args.resume, shlex.split(args.launcher),
+                                console)
+    else:
+        outcomes = run_cluster(folder, plan.recipe, specs, options, args.resume, args.detach,
+                               shlex.split(args.launcher), console)
+        if len(outcomes) < len(specs):  # detached: the report waits for every run
+            return 0
     report = build_report(folder)
     failed = [o for o in outcomes if o.status in ("failed", "interrupted")]
     console.print(f"report: {report}", markup=False)
