@@ -189,3 +189,18 @@ def test_the_example_sbatch_script_is_valid_bash_and_its_prx_command_parses(caps
     monkeypatch.chdir(ROOT)
     assert main([*filled, "--dry-run", "--gpus", str(nodes * gpus)]) == 0
     assert f"plan of 'speedrun' on {nodes * gpus} process(es)" in capsys.readouterr().out
+
+
+def test_the_cluster_options_the_docs_name_are_options_of_prx_ablate():
+    import argparse
+
+    from prx_core.cli import ablate_cmd
+
+    parser = argparse.ArgumentParser()
+    ablate_cmd.register(parser.add_subparsers())
+    [ablate] = parser._subparsers._group_actions[0].choices.values()
+    options = {flag for action in ablate._actions for flag in action.option_strings}
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### The same ablation on a SLURM cluster")[1].split("\n## ")[0]
+    named = set(re.findall(r"`(--[a-z-]+)", section))
+    assert len(named) >= 12 and named <= options, sorted(named - options)

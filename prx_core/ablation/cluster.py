@@ -218,6 +218,9 @@ def run_cluster(folder: Path, recipe: str, specs: Sequence[RunSpec], options: Sl
             stopped.append(spec)
         else:
             to_submit.append(spec)
+    if outcomes:
+        console.print(f"{len(outcomes)} of {len(specs)} runs already finished; {len(specs) - len(outcomes)} to go",
+                      markup=False)
     if stopped and not resume:
         listed = ", ".join(f"{s.directory} (job {jobs[s.directory]['job_id']})" if s.directory in jobs else s.directory
                            for s in stopped[:5]) + (f" and {len(stopped) - 5} more" if len(stopped) > 5 else "")
