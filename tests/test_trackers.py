@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -323,3 +324,16 @@ def test_the_matrix_and_ablations_leave_trackers_out(tmp_path, capsys):
     assert "cfg, tensorboard" in out and out.count("tensorboard") == 2
     assert main(["ablate", str(recipe), "--vary", "wandb", "--plan-only", "--out", str(tmp_path / "a")]) == 2
     assert "wandb: it is a tracker" in capsys.readouterr().err
+
+
+def test_the_trackers_guide_lists_each_trackers_settings():
+    import attrs
+
+    guide = (ROOT / "docs" / "trackers.md").read_text()
+    registry = plugins.discover()
+    for name in registry.trackers:
+        [row] = [line for line in guide.splitlines() if line.startswith(f"| `{name}` |")]
+        documented = re.findall(r"`([a-z_]+)`", row.split("|")[2])
+        settings = [field.name for field in attrs.fields(registry.techniques[name].config)]
+        assert documented == settings, f"docs/trackers.md, {name}: {documented} != {settings}"
+        assert (ROOT / "plugins" / f"prx_{name}" / "CARD.md").is_file()

@@ -32,7 +32,7 @@ import attrs
 from rich.console import Console
 
 from prx_core.ablation.design import RunSpec
-from prx_core.ablation.runner import THREAD_VARIABLES, RunOutcome, _Progress, run_command, run_state
+from prx_core.ablation.runner import THREAD_VARIABLES, RunOutcome, RunProgress, run_command, run_state
 from prx_core.errors import UserError
 
 JOBS_FILE = "slurm/jobs.json"
@@ -258,7 +258,7 @@ def _wait(folder: Path, specs: Sequence[RunSpec], waiting: list[RunSpec], jobs: 
           console: Console) -> list[RunOutcome]:
     started = time.monotonic()
     try:
-        with _Progress(len(specs), len(outcomes), len(waiting) or 1, console) as progress:
+        with RunProgress(len(specs), len(outcomes), len(waiting) or 1, console) as progress:
             while waiting:
                 for spec in list(waiting):
                     job_id = jobs[spec.directory]["job_id"]

@@ -77,7 +77,7 @@ def _pin(cores: list[int]) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, cores)
 
 
-class _Progress:
+class RunProgress:
     """Runs done / remaining with an ETA from this session's finished runs; one line per event
     when the console is not a terminal."""
 
@@ -98,7 +98,7 @@ class _Progress:
         seconds = sum(self.durations) / len(self.durations) * remaining / self.parallel
         return f"ETA {seconds / 60:.0f} min" if seconds >= 60 else f"ETA {seconds:.0f} s"
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> RunProgress:
         if self.bar is not None:
             self.bar.__enter__()
         return self
@@ -148,7 +148,7 @@ def run_ablation(
     free = list(range(parallel))
     running: dict[int, tuple[subprocess.Popen, RunSpec, float, Path]] = {}
     (folder / "logs").mkdir(parents=True, exist_ok=True)
-    with _Progress(len(specs), len(outcomes), parallel, console) as progress:
+    with RunProgress(len(specs), len(outcomes), parallel, console) as progress:
         if outcomes:
             progress.message(f"{len(outcomes)} of {len(specs)} runs already finished; {len(queue)} to go")
         try:
