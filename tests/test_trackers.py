@@ -55,7 +55,7 @@ def killed_and_resumed(tmp_path_factory) -> tuple[Path, Path, str]:
     run_dir = tmp / "run"
     settings = [a for s in tracker_settings(tmp) for a in ("--set", s)]
     command = [sys.executable, str(KILL), str(KILLED_AT), str(TINY), "--run-dir", str(run_dir), "--plain", *settings]
-    killed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
     before = rows_of(run_dir)
     assert [r["step"] for r in before] == list(range(1, KILLED_AT))

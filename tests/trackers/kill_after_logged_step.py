@@ -51,7 +51,7 @@ def kill_after(step: int) -> None:
         metrics = train_step(self, *args, **kwargs)
         if self.step == step:
             with CHANGED:
-                assert CHANGED.wait_for(lambda: all(step - 1 in s for s in WRITTEN.values()), timeout=120), WRITTEN
+                assert CHANGED.wait_for(lambda: all(step - 1 in s for s in WRITTEN.values()), timeout=400), WRITTEN
             os.kill(os.getpid(), signal.SIGKILL)
         return metrics
 
