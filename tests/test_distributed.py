@@ -343,12 +343,12 @@ def test_exit_process_keeps_the_exit_code_the_output_and_the_atexit_handlers(wor
     failed random distributed tests); what Python's own exit does must still happen: the exit code,
     atexit handlers, buffered output, a traceback for a crash."""
     env = {**ENV, "WORLD_SIZE": str(world_size)}
-    done = subprocess.run([sys.executable, "-c", EXIT_PROBE, "3"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", EXIT_PROBE, "3"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3, done.stderr
     lines = done.stdout.splitlines()
     assert lines == ["buffered, not flushed", "atexit ran"], lines
 
     failed = subprocess.run([sys.executable, "-c", EXIT_PROBE, "raise"], env=env, capture_output=True, text=True,
-                            timeout=60)
+                            timeout=300)
     assert failed.returncode == 1
     assert "ValueError: a bug in a command" in failed.stderr and "Traceback" in failed.stderr
