@@ -237,15 +237,20 @@ LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
 def cited_files(text: str) -> list[tuple[str, str | None]]:
     """``(path, section)`` of every Markdown file a text cites: a ``NAME.md §N`` section, a path
     with a folder (``docs/plugins.md``) or a Markdown link. Bare names without a section
-    (``report.md``, a file prx writes) are not citations."""
-    found = [(path, section or None) for path, section in CITATION.findall(text) if section or "/" in path]
+    (``report.md``) and paths in a run folder (``runs/NAME/report.md``) are files prx writes,
+    not citations."""
+    found = [(path, section or None) for path, section in CITATION.findall(text)
+             if (section or "/" in path) and not path.startswith("runs/")]
     return found + [(path, None) for path in LINK.findall(text)]
 
 
-def resolve_citation(path: str, citing: Path) -> Path | None:
+def resolve_citation(path: str, citing: Path, tracked: set[Path]) -> Path | None:
+    """The tracked file a citation names, relative to the citing file or the root; a file that
+    exists here but is not tracked (a local run's output) does not count, so this test passes
+    on a clean checkout exactly when it passes here."""
     for base in (citing.parent, ROOT):
         candidate = (base / path).resolve()
-        if candidate.is_file() and ROOT in candidate.parents:
+        if candidate in tracked:
             return candidate
     return None
 
@@ -255,12 +260,14 @@ def test_every_cited_file_and_section_exists_in_the_repository():
 
     tracked = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.toml"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.split()
+    tracked_paths = {(ROOT / name).resolve() for name in subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()}
     missing = []
     for name in tracked:
         citing = ROOT / name
         for number, line in enumerate(citing.read_text().splitlines(), 1):
             for path, section in cited_files(line):
-                target = resolve_citation(path, citing)
+                target = resolve_citation(path, citing, tracked_paths)
                 if target is None:
                     missing.append(f"{name}:{number} cites {path}, which the repository does not contain")
                 elif section and not re.search(rf"^#+ {section}\. ", target.read_text(), flags=re.M):
@@ -273,9 +280,11 @@ def test_the_citation_check_catches_a_missing_file_and_a_missing_section(tmp_pat
     link = "[guide](plugins" + ".md#hooks)"  # a link relative to docs/, not to tests/
     assert cited_files(f"defaults: {absent} §5, see docs/plugins.md and {link}") == [
         (absent, "5"), ("docs/plugins.md", None), ("plugins.md", None)]
-    assert cited_files("writes report.md and results.csv") == []
-    assert resolve_citation(absent, ROOT / "prx_core" / "ema.py") is None
-    recipe = resolve_citation("docs/recipe.md", ROOT / "prx_core" / "ema.py")
+    assert cited_files("writes report.md and results.csv, see runs/ablate/report.md") == []
+    tracked = {ROOT / "docs" / "recipe.md", ROOT / "prx_core" / "ema.py"}
+    assert resolve_citation(absent, ROOT / "prx_core" / "ema.py", tracked) is None
+    assert resolve_citation("README.md", ROOT / "prx_core" / "ema.py", tracked) is None  # untracked
+    recipe = resolve_citation("docs/recipe.md", ROOT / "prx_core" / "ema.py", tracked)
     assert recipe is not None and re.search(r"^## 7\. ", recipe.read_text(), flags=re.M)
     assert not re.search(r"^#+ 11\. ", recipe.read_text(), flags=re.M)
 
