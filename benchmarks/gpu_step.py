@@ -276,7 +276,7 @@ def save_teachers(folder: Path, tiny: bool, device: torch.device) -> tuple[list[
 
 
 def project_recipe(s: Sizes, compiled: bool, device: torch.device, teachers: list[str], tiny: bool):
-    from prx_core.plugins import discover
+    from prx_core.registry import discover
     from prx_core.recipe.loader import load_recipe
 
     registry = discover(only=(), extra_modules=[importlib.import_module(m) for m in PLUGIN_MODULES])

@@ -225,7 +225,7 @@ def estimate_cost(
 ) -> CostReport:
     """Project the FLOPs, throughput, GPU-hours and dollars of training ``recipe``.
 
-    ``technique_set`` is the run's :class:`prx_core.plugins.TechniqueSet` (anything with its
+    ``technique_set`` is the run's :class:`prx_core.techniques.TechniqueSet` (anything with its
     ``names`` and ``call(hook, phase=None, **kw) -> [(name, result)]``). ``mfu`` is used for every phase
     unless ``measured`` holds a throughput for the phase (see :func:`load_measurements`); with
     neither, :data:`DEFAULT_MFU` is assumed.

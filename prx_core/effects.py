@@ -8,9 +8,9 @@ compares what it observes here with what the active techniques declare.
 
 Two things are observed: the model and parameters of a :class:`Trainer`, through PyTorch hooks
 that :class:`EffectProbe` attaches (with the metrics of each step), and the run's hook trace
-(:class:`prx_core.plugins.HookTrace`). With ``Trainer.trace_steps`` on, the trainer records in
+(:class:`prx_core.techniques.HookTrace`). With ``Trainer.trace_steps`` on, the trainer records in
 the trace each use of a per-phase object, ``("use", "router.plan" | "loss_term:<term>",
-technique)``, and :class:`TracedGuidance` each guided sampling call, ``("use", "guidance",
+technique)``, and :class:`prx_core.techniques.TracedGuidance` each guided sampling call, ``("use", "guidance",
 technique)``; the trainer also marks the start of each phase with ``("phase", name, "core")``.
 """
 from __future__ import annotations
@@ -21,9 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from prx_core import hookspecs
-from prx_core.plugins import HookTrace
 from prx_core.train.trainer import Trainer
-from prx_core.types import Conditioning, Guidance, Predict, Technique
+from prx_core.types import Technique
 
 EFFECTS: dict[str, str] = {
     "routes_tokens": "some blocks see fewer image tokens than the image has patches (the step's route plan)",
@@ -176,22 +175,6 @@ def effect_owners(events: Iterable[Event]) -> dict[str, frozenset[str]]:
         effect = {"router.plan": "routes_tokens", "guidance": "guides_sampling"}.get(name, name)
         owners.setdefault(effect, set()).add(technique)
     return {effect: frozenset(names) for effect, names in owners.items()}
-
-
-class TracedGuidance:
-    """Wraps a technique's guidance so that each sampling call is recorded in the hook trace as
-    ``("use", "guidance", technique)`` at training step ``step``."""
-
-    def __init__(self, guidance: Guidance, technique: str, trace: HookTrace, step: int):
-        self.guidance = guidance
-        self.technique = technique
-        self.trace = trace
-        self.step = step
-
-    def __call__(self, predict: Predict, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                 uncond: Conditioning) -> torch.Tensor:
-        self.trace.record("use", "guidance", self.technique, self.step)
-        return self.guidance(predict, x_t, t, cond, uncond)
 
 
 # --- the documented hook order --------------------------------------------------------------------

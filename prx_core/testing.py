@@ -53,7 +53,8 @@ from prx_core.data.schedule import phase_at
 from prx_core.effects import EffectProbe, declared_effects, effect_owners, hook_order_problems
 from prx_core.errors import RecipeError
 from prx_core.generate import generate
-from prx_core.plugins import Registry, TechniqueSet, discover
+from prx_core.registry import Registry, discover
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.errors_format import names_list
 from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
@@ -95,7 +96,7 @@ weights a test machine lacks ("{vit}", "{cnn}": the tiny teachers); the others r
 
 
 def _registry_or_installed(registry: Registry | None) -> Registry:
-    """``registry``, or the installed techniques (:func:`prx_core.plugins.discover`) when None."""
+    """``registry``, or the installed techniques (:func:`prx_core.registry.discover`) when None."""
     return discover() if registry is None else registry
 
 

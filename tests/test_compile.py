@@ -13,7 +13,8 @@ from torch._dynamo.testing import CompileCounter
 from prx_core import distributed as D
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.plugins import TechniqueSet, discover
+from prx_core.registry import discover
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
 from prx_core.train.bench import BenchShape, HostReads, host_sync_sites, synthetic_batch

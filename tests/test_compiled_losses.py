@@ -15,7 +15,8 @@ from transformers import DINOv3ViTConfig, DINOv3ViTModel, Dinov2WithRegistersCon
 
 from prx_core import distributed as D
 from prx_core.objective import add_noise, v_space_loss
-from prx_core.plugins import TechniqueSet, discover
+from prx_core.registry import discover
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
 from prx_core.train.bench import BenchShape, synthetic_batch

@@ -71,7 +71,8 @@ def test_technique_declaration_and_hook():
 
 
 def test_recipe_table_structures_into_the_schedule(tmp_path):
-    from prx_core import plugins
+    from prx_core.registry import discover
+    from prx_core.techniques import TechniqueSet
     from prx_core.recipe.loader import load_recipe
     from prx_core.types import RunContext
 
@@ -82,7 +83,7 @@ def test_recipe_table_structures_into_the_schedule(tmp_path):
         '  { name = "b", resolution = 64, batch_size = 4, steps = 2 },\n]\n'
     )
     recipe = load_recipe(path)
-    techniques = plugins.TechniqueSet(recipe, plugins.discover(), RunContext(recipe=recipe))
+    techniques = TechniqueSet(recipe, discover(), RunContext(recipe=recipe))
     ((name, phases),) = techniques.call("prx_resolution_schedule", recipe=recipe)
     assert name == "multires"
     assert [(p.name, p.resolution, p.batch_size, p.steps) for p in phases] == [("a", 32, 8, 3), ("b", 64, 4, 2)]

@@ -27,7 +27,8 @@ from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
 from prx_core.cli import export_cmd
 from prx_core.errors import CheckpointError
-from prx_core.plugins import TechniqueSet, discover
+from prx_core.registry import discover
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
 from prx_core.train.state import (

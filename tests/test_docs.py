@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from prx_core import hookspecs, plugins
+from prx_core import hookspecs
 from prx_core.effects import EFFECTS, documented_stages, hook_order_problems
 from prx_core.model.config import DenoiserConfig
-from prx_core.plugins import HookTrace
+from prx_core.registry import TRACKER_HOOK, discover
+from prx_core.techniques import HookTrace
 from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.testing import matrix_recipe, train
 from prx_core.types import CostTerm, Phase, RunStart, Technique
@@ -66,7 +67,7 @@ def test_the_call_order_is_the_same_in_hookspecs_and_the_guide():
 def test_the_effect_vocabulary_and_roles_are_documented():
     rows = re.findall(r"^\| `([a-z_]+)(?::<\w+>)?` \|", GUIDE, flags=re.M)
     assert rows == list(EFFECTS)
-    roles = {role for technique in plugins.discover().techniques.values() for role in technique.roles}
+    roles = {role for technique in discover().techniques.values() for role in technique.roles}
     assert all(f'`"{role}"`' in GUIDE for role in roles), f"document every role in use: {sorted(roles)}"
 
 
@@ -188,18 +189,18 @@ def test_the_probes_implement_every_hook():
     """The training probe implements every hook a technique may (all but the tracker's), the
     tracker probe below the tracker's."""
     implemented = {name for name in dir(Probe) if name.startswith("prx_")} | {"prx_register_techniques"}
-    assert implemented | {plugins.TRACKER_HOOK} == set(HOOKS), (
-        f"add {sorted(set(HOOKS) - implemented - {plugins.TRACKER_HOOK})} to the Probe in tests/test_docs.py")
-    assert {name for name in dir(TrackerProbe) if name.startswith("prx_")} == {plugins.TRACKER_HOOK}
+    assert implemented | {TRACKER_HOOK} == set(HOOKS), (
+        f"add {sorted(set(HOOKS) - implemented - {TRACKER_HOOK})} to the Probe in tests/test_docs.py")
+    assert {name for name in dir(TrackerProbe) if name.startswith("prx_")} == {TRACKER_HOOK}
 
 
 def test_every_hook_is_called_by_the_core_with_its_documented_arguments(matrix_recipe, tmp_path):
     CALLS.clear()
-    registry = plugins.discover(extra_modules=[probe_module()])
+    registry = discover(extra_modules=[probe_module()])
     first = train(matrix_recipe, ["probe"], tmp_path / "first", registry=registry)
     resumed = train(matrix_recipe, ["probe"], tmp_path / "resumed", registry=registry, resume=first.checkpoint)
     called = [hook for hook, _ in CALLS]
-    never = [hook for hook in HOOKS if hook not in called and hook != plugins.TRACKER_HOOK]
+    never = [hook for hook in HOOKS if hook not in called and hook != TRACKER_HOOK]
     assert never == [], f"the core never called {never} in a plan / train / sample / checkpoint / resume cycle"
     for hook, arguments in CALLS:
         assert list(arguments) == list(inspect.signature(getattr(hookspecs, hook)).parameters)
@@ -355,7 +356,7 @@ def test_the_tracker_hook_is_called_once_on_rank_0_after_set_up_and_its_sink_get
     from prx_core.train.loop import run_training
 
     monkeypatch.setenv("PRX_TRACE", "1")
-    registry = plugins.discover(extra_modules=[tracker_probe_module()])
+    registry = discover(extra_modules=[tracker_probe_module()])
     tiny = ROOT / "tests" / "fixtures" / "tiny.toml"
     run_dir = tmp_path / "run"
     for steps, resume in ((3, False), (6, True)):

@@ -164,7 +164,8 @@ def test_both_guidance_techniques_claim_the_guidance_role():
 
 def test_the_plugin_manager_refuses_two_guidance_techniques():
     from prx_core.errors import RecipeError
-    from prx_core.plugins import TechniqueSet, discover, selection_problems
+    from prx_core.registry import discover, selection_problems
+    from prx_core.techniques import TechniqueSet
 
     registry = discover(only=["tread", "cfg"])
     assert not registry.broken

@@ -2,7 +2,7 @@
 the tiny model, in-process, through the public harness :mod:`prx_core.testing` (whose docstring
 lists the checks each combination gets).
 
-The techniques are the ones :func:`prx_core.plugins.discover` finds when the module is collected
+The techniques are the ones :func:`prx_core.registry.discover` finds when the module is collected
 (``PRX_PLUGINS`` narrows them), so a plugin installed later joins the matrix by existing; a
 technique without a table in :data:`prx_core.testing.TINY_TABLES` runs with its defaults.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from prx_core.effects import effect_problems
-from prx_core.plugins import discover
+from prx_core.registry import discover
 from prx_core.testing import TINY_BASE_RECIPE, check_combination, combo_id, matrix_recipe, subsets
 
 REGISTRY = discover()

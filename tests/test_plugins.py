@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from prx_core import cli, plugins
+from prx_core import cli, registry as plugins
+from prx_core.techniques import ENV_TRACE, TechniqueSet
 from prx_core.errors import PluginError, RecipeError
 from prx_core.hookspecs import hookimpl
 from prx_core.recipe.loader import load_recipe
@@ -93,9 +94,9 @@ def _registry(*modules: object) -> plugins.Registry:
     return plugins.discover(only=[], extra_modules=modules or (MOD_AB, MOD_REST))
 
 
-def _set(names: list[str], registry: plugins.Registry | None = None, log=print, **techniques) -> plugins.TechniqueSet:
+def _set(names: list[str], registry: plugins.Registry | None = None, log=print, **techniques) -> TechniqueSet:
     recipe = Recipe(plugins=names, techniques=techniques)
-    return plugins.TechniqueSet(recipe, registry or _registry(), RunContext(recipe=recipe, log=log))
+    return TechniqueSet(recipe, registry or _registry(), RunContext(recipe=recipe, log=log))
 
 
 # --- discovery through real entry points ----------------------------------------------------
@@ -266,7 +267,7 @@ def test_two_techniques_sharing_a_role(tmp_path):
     registry = _registry()
     recipe = load_recipe(tmp_path / "r.toml", registry=registry)
     with pytest.raises(RecipeError, match=r"r\.toml: plugins selects two guidance techniques: beta and gamma; keep"):
-        plugins.TechniqueSet(recipe, registry, RunContext(recipe=recipe))
+        TechniqueSet(recipe, registry, RunContext(recipe=recipe))
 
 
 def test_declared_conflict_and_missing_requirement():
@@ -332,7 +333,7 @@ def test_call_skips_disabled_techniques_and_drops_none():
 
 def test_trace_records_hooks_and_logs_with_prx_trace(monkeypatch):
     lines: list[str] = []
-    monkeypatch.setenv(plugins.ENV_TRACE, "1")
+    monkeypatch.setenv(ENV_TRACE, "1")
     techniques = _set(["alpha", "gamma"], log=lines.append)
     techniques.trace.clear()
     techniques.call("prx_guidance", sample_config=None, model_config=None, router=None)
@@ -344,7 +345,7 @@ def test_trace_records_hooks_and_logs_with_prx_trace(monkeypatch):
         (3, "route", "keep=0.5", "alpha"),
     ]
     assert lines[-1] == "trace: step 3 route keep=0.5 [alpha]"
-    monkeypatch.delenv(plugins.ENV_TRACE)
+    monkeypatch.delenv(ENV_TRACE)
     quiet: list[str] = []
     _set(["alpha"], log=quiet.append).call("prx_state_dict")
     assert quiet == []

@@ -11,7 +11,7 @@ from typing import Literal
 import attrs
 import pytest
 
-from prx_core import cli, plugins
+from prx_core import cli, registry as plugin_registry
 from prx_core.hookspecs import hookimpl
 from prx_core.recipe.loader import dump_recipe_toml, load_recipe, recipe_path, recipe_sources, recipe_to_dict
 from prx_core.recipe.schema import Recipe
@@ -56,8 +56,8 @@ FAKE = _fake_module()
 
 
 @pytest.fixture
-def registry() -> plugins.Registry:
-    return plugins.discover(only=[], extra_modules=[FAKE])
+def registry() -> plugin_registry.Registry:
+    return plugin_registry.discover(only=[], extra_modules=[FAKE])
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def run_cli(monkeypatch, capsys):
 
     Only the commands under test are registered, so these tests do not depend on the other
     command modules."""
-    monkeypatch.setattr(plugins, "discover", functools.partial(plugins.discover, only=[], extra_modules=[FAKE]))
+    monkeypatch.setattr(plugin_registry, "discover", functools.partial(plugin_registry.discover, only=[], extra_modules=[FAKE]))
     monkeypatch.setattr(cli, "COMMANDS", ("recipe", "plugins"))
 
     def run(*args: str) -> tuple[int, str, str]:

@@ -18,7 +18,8 @@ from prx_core.data.loader import Batch
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.plugins import TechniqueSet, discover
+from prx_core.registry import discover
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.schema import ModelConfig, OptimConfig, Recipe
 from prx_core.teachers import load_teacher, teacher_forward_flops
 from prx_core.train.trainer import Trainer

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prx_core import plugins
+from prx_core.registry import ENV_ONLY, discover
+from prx_core.techniques import ENV_TRACE
 from prx_core.objective import v_space_loss
 from prx_core.testing import check_combination, matrix_recipe
 
@@ -143,7 +144,7 @@ def test_the_plain_function_caps_each_samples_weight(installed):
 
 
 def test_discovery_finds_the_example_and_reports_each_broken_plugin(installed):
-    registry = plugins.discover()
+    registry = discover()
     assert registry.origins["minsnr"] == ("minsnr", "prx_minsnr.plugin", "0.1.0")
     assert registry.techniques["minsnr"].effects == ("loss_term:minsnr",)
     assert {"cfg", "tread", "multires"} <= set(registry.techniques)
@@ -155,11 +156,11 @@ def test_discovery_finds_the_example_and_reports_each_broken_plugin(installed):
 
 @pytest.mark.parametrize("names", [("minsnr",), ("minsnr", "multires", "repa", "tread")], ids="+".join)
 def test_the_example_passes_the_matrix_checks(installed, names, matrix_recipe, tmp_path):
-    check_combination(names, matrix_recipe, tmp_path, registry=plugins.discover())
+    check_combination(names, matrix_recipe, tmp_path, registry=discover())
 
 
 def prx(*args: str, site: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    inherited = {key: value for key, value in os.environ.items() if key not in (plugins.ENV_ONLY, plugins.ENV_TRACE)}
+    inherited = {key: value for key, value in os.environ.items() if key not in (ENV_ONLY, ENV_TRACE)}
     environment = {**inherited, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run([sys.executable, "-m", "prx_core", *args], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=300)
@@ -199,7 +200,7 @@ def test_the_examples_own_tests_pass_with_the_installed_wheel(wheel_site, tmp_pa
     """What the example's author runs: pytest on the package's tests, with the package installed."""
     # a copy outside the prx repository, so that none of its pytest settings or conftest apply
     shutil.copytree(EXAMPLE / "tests", tmp_path / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    inherited = {key: value for key, value in os.environ.items() if key not in (plugins.ENV_ONLY, plugins.ENV_TRACE)}
+    inherited = {key: value for key, value in os.environ.items() if key not in (ENV_ONLY, ENV_TRACE)}
     environment = {**inherited, "PYTHONPATH": str(wheel_site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)

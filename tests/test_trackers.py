@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prx_core import hookspecs, plugins
+from prx_core import hookspecs
+from prx_core import registry as plugins
 from prx_core.cli import main
 from prx_core.testing import subsets
 from prx_core.types import Technique

@@ -313,7 +313,8 @@ def test_techniques_declare_roles_effects_and_requirements():
 
 
 def test_the_plugin_manager_reports_a_route_beyond_the_model():
-    from prx_core.plugins import TechniqueSet, discover
+    from prx_core.registry import discover
+    from prx_core.techniques import TechniqueSet
 
     registry = discover(only=["tread"])
     bad = Recipe(model=ModelConfig(preset="prx-test"), plugins=["tread"],

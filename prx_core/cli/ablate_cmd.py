@@ -23,7 +23,8 @@ from prx_core.ablation.report import build_report
 from prx_core.ablation.runner import DEFAULT_LAUNCHER, run_ablation
 from prx_core.cli.common import add_set_argument
 from prx_core.errors import PluginError, RecipeError, UserError
-from prx_core.plugins import TechniqueSet, discover, selection_problems, unknown_technique_problems
+from prx_core.registry import discover, selection_problems, unknown_technique_problems
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
 from prx_core.types import RunContext

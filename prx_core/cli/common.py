@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from prx_core.plugins import Registry, discover
+from prx_core import registry as plugin_registry
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
 
@@ -24,6 +24,6 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser)
 
 
-def load_from_args(args: argparse.Namespace) -> tuple[Recipe, Registry]:
-    registry = discover()
+def load_from_args(args: argparse.Namespace) -> tuple[Recipe, plugin_registry.Registry]:
+    registry = plugin_registry.discover()  # looked up at call time, so that tests can substitute it
     return load_recipe(args.recipe, args.overrides, registry), registry

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from prx_core import plugins
+from prx_core import registry as plugin_registry
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_plugins)
 
 
-def plugins_report(registry: plugins.Registry) -> dict[str, Any]:
+def plugins_report(registry: plugin_registry.Registry) -> dict[str, Any]:
     """What ``prx plugins --json`` prints."""
     techniques = []
     for name in sorted(registry.techniques):
@@ -48,7 +48,7 @@ def plugins_report(registry: plugins.Registry) -> dict[str, Any]:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    report = plugins_report(plugins.discover())
+    report = plugins_report(plugin_registry.discover())
     if args.json:
         print(json.dumps(report, indent=2))
     elif sys.stdout.isatty():

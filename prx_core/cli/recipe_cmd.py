@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prx_core import plugins
+from prx_core import registry as plugin_registry
 from prx_core.cli.common import add_set_argument
 from prx_core.recipe.loader import dump_recipe_toml, load_recipe
+from prx_core.techniques import TechniqueSet
 from prx_core.types import RunContext
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,9 +54,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    registry = plugins.discover()
+    registry = plugin_registry.discover()
     recipe = load_recipe(args.recipe, args.overrides, registry=registry)
-    techniques = plugins.TechniqueSet(recipe, registry, RunContext(recipe=recipe, seed=recipe.seed))
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe=recipe, seed=recipe.seed))
     selected = ", ".join(techniques.names) or "no techniques"
     print(f"{args.recipe}: ok ({selected})")
     return 0

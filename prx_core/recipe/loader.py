@@ -33,7 +33,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
-from prx_core import plugins
+from prx_core import registry as plugin_registry
 from prx_core.errors import RecipeError
 from prx_core.model.config import PRESETS
 from prx_core.recipe.errors_format import (
@@ -57,13 +57,13 @@ Sources = dict[KeyPath, str]
 
 
 def load_recipe(
-    path: str | os.PathLike, overrides: Sequence[str] = (), registry: plugins.Registry | None = None
+    path: str | os.PathLike, overrides: Sequence[str] = (), registry: plugin_registry.Registry | None = None
 ) -> Recipe:
     """Load, merge, override and structure the recipe at ``path``.
 
     ``overrides`` are ``KEY=VALUE`` items (``train.steps=100``, ``plugins=["tread"]``); the value
     is read as a TOML value, else taken as a bare string. ``registry`` says which technique tables
-    exist (default: :func:`prx_core.plugins.discover`). Technique tables are structured into each
+    exist (default: :func:`prx_core.registry.discover`). Technique tables are structured into each
     technique's config class in ``recipe.techniques``, selected techniques without a table get
     their default config. ``name`` defaults to the file's stem.
     """
@@ -71,7 +71,7 @@ def load_recipe(
     data, sources = _read(path.absolute(), chain=())
     _apply_overrides(data, sources, overrides)
     data.setdefault("name", path.stem)
-    recipe = _build(data, sources, registry if registry is not None else plugins.discover(), path)
+    recipe = _build(data, sources, registry if registry is not None else plugin_registry.discover(), path)
     attach_provenance(recipe, path, {".".join(key): label for key, label in sources.items()})
     return recipe
 
@@ -312,7 +312,7 @@ _CONVERTER = _make_converter()
 _MISSING = object()
 
 
-def _build(data: dict, sources: Sources, registry: plugins.Registry, path: Path) -> Recipe:
+def _build(data: dict, sources: Sources, registry: plugin_registry.Registry, path: Path) -> Recipe:
     """Structure the merged data; collect every problem before raising."""
     problems: list[str] = []
     core: dict[str, Any] = {}
@@ -358,7 +358,7 @@ def _build(data: dict, sources: Sources, registry: plugins.Registry, path: Path)
 
     if recipe is not None:
         location = _where(sources, ("plugins",), path)
-        problems += plugins.unknown_technique_problems(recipe.plugins, registry, location)
+        problems += plugin_registry.unknown_technique_problems(recipe.plugins, registry, location)
         for name in sorted(set(recipe.plugins) & set(registry.techniques) - set(techniques)):
             config_class = registry.techniques[name].config
             try:
@@ -384,7 +384,7 @@ def _where(sources: Sources, key: tuple[str | int, ...], path: Path) -> str:
     return display_path(path)
 
 
-def _unknown_top_level(key: str, value: Any, sources: Sources, registry: plugins.Registry, path: Path) -> str:
+def _unknown_top_level(key: str, value: Any, sources: Sources, registry: plugin_registry.Registry, path: Path) -> str:
     label = f"table [{key}]" if isinstance(value, dict) else f"key {key}"
     installed = sorted(registry.techniques)
     valid = [k for k in CORE_KEYS if k != "extends"] + list(CORE_TABLES) + installed

@@ -31,7 +31,8 @@ from prx_core import distributed as D
 from prx_core.cost import DEFAULT_TEXT_DIM, peak_flops, phase_lines
 from prx_core.data.batcher import Batch
 from prx_core.errors import UserError
-from prx_core.plugins import Registry, TechniqueSet
+from prx_core.registry import Registry
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.schema import Recipe
 from prx_core.text import load_text_encoder
 from prx_core.train.nonfinite import step_unless

@@ -12,14 +12,14 @@ from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
 from prx_core.console import RunConsole
 from prx_core.data.schedule import phase_at
-from prx_core.effects import TracedGuidance
 from prx_core.errors import UserError
 from prx_core.evaluation.prompt_following import evaluate
 from prx_core.generate import generate, save_grid
 from prx_core.evaluation.prompts import eval_scenes
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.plugins import Registry, TechniqueSet
 from prx_core.recipe.loader import dump_recipe_toml, recipe_to_dict
+from prx_core.registry import Registry
+from prx_core.techniques import TechniqueSet, TracedGuidance
 from prx_core.recipe.schema import Recipe
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.text import check_declared_dim, load_text_encoder

@@ -6,7 +6,7 @@ import torch
 from prx_core.errors import RecipeError
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.plugins import TechniqueSet
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.schema import Recipe
 from prx_core.types import Phase
 

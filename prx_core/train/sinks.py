@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from prx_core.plugins import TechniqueSet
+from prx_core.techniques import TechniqueSet
 from prx_core.runfolder import RunFolder
 from prx_core.tracking import flatten
 from prx_core.types import MetricsSink, RunStart, SampleGrid

@@ -28,7 +28,7 @@ from prx_core.ema import EMA
 from prx_core.errors import RecipeError
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, sample_time, v_space_loss
-from prx_core.plugins import ENV_TRACE, TechniqueSet
+from prx_core.techniques import ENV_TRACE, TechniqueSet
 from prx_core.recipe.schema import Recipe
 from prx_core.text import TextEncoder
 from prx_core.train.nonfinite import nonfinite_flag, step_unless

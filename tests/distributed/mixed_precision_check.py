@@ -24,7 +24,8 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from prx_core import distributed as D
 from prx_core.data.batcher import Batch
-from prx_core.plugins import TechniqueSet, discover
+from prx_core.registry import discover
+from prx_core.techniques import TechniqueSet
 from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
 from prx_core.train.bench import BenchShape, synthetic_batch

@@ -1,15 +1,12 @@
-"""The plugin manager: finds installed techniques and builds the set of techniques one run uses.
+"""Discovery: finds the installed techniques and checks their declarations, once per process.
 
-Two stages, two pluggy managers:
-
-* :func:`discover` loads every module of the ``prx.plugins`` entry-point group (or only those
-  named in ``$PRX_PLUGINS``), asks each for its techniques through ``prx_register_techniques``
-  and checks each technique's plugin class against the hook specifications. A module that fails
-  is recorded in :attr:`Registry.broken` with its error; the others still load.
-* :class:`TechniqueSet` takes a recipe, checks the selection (unknown names, shared roles,
-  declared conflicts and requirements), builds one instance per selected technique and
-  registers the instances in a fresh manager. :meth:`TechniqueSet.call` calls a hook on them in
-  technique-name order, so neither recipe order nor install order changes a result.
+:func:`discover` loads every module of the ``prx.plugins`` entry-point group (or only those
+named in ``$PRX_PLUGINS``), asks each for its techniques through ``prx_register_techniques``
+and checks each technique's declaration and plugin class against the hook specifications. A
+module that fails is recorded in :attr:`Registry.broken` with its error; the others still load.
+:func:`selection_problems` checks a selection of techniques against their declarations (unknown
+names, shared roles, declared conflicts and requirements) before anything is built; the
+techniques one run uses are :class:`prx_core.techniques.TechniqueSet`.
 """
 from __future__ import annotations
 
@@ -17,26 +14,23 @@ import importlib.metadata
 import inspect
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
 import pluggy
-from torch import nn
 
 from prx_core import hookspecs
-from prx_core.errors import PluginError, RecipeError
-from prx_core.recipe.errors_format import did_you_mean, names_list, where
+from prx_core.errors import PluginError
+from prx_core.recipe.errors_format import did_you_mean, names_list
 from prx_core.recipe.schema import CORE_KEYS, CORE_TABLES
-from prx_core.types import OptimizerClaim, Phase, RunContext, Technique
+from prx_core.types import Technique
 
 ENTRY_POINT_GROUP = "prx.plugins"
 ENV_ONLY = "PRX_PLUGINS"
 """Comma-separated entry-point names to load; unset loads all, an empty value loads none."""
-ENV_TRACE = "PRX_TRACE"
-"""Set to 1 to log every hook call and traced event through the run's log."""
 
-_HOOK_NAMES = tuple(hookspecs.hook_names())
+HOOK_NAMES = tuple(hookspecs.hook_names())
 TRACKER_HOOK = "prx_metrics_sink"
 """A technique that implements this hook is a tracker: it observes a run and may not change it."""
 TRACKER_MAY_ALSO = ("prx_check_recipe",)
@@ -164,17 +158,17 @@ def _one_line(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())
 
 
-def _new_manager() -> pluggy.PluginManager:
+def new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     return manager
 
 
-def _spec_args(hook: str) -> tuple[str, ...]:
+def spec_args(hook: str) -> tuple[str, ...]:
     return tuple(inspect.signature(getattr(hookspecs, hook)).parameters)
 
 
-def _hook_problems(obj: object, owner: str, allowed: Iterable[str]) -> list[str]:
+def hook_problems(obj: object, owner: str, allowed: Iterable[str]) -> list[str]:
     """Problems with the ``prx_*`` attributes of ``obj`` that pluggy would skip or reject:
     a hook name that does not exist (a typo would otherwise never be called), a hook not
     marked ``@hookimpl`` (silently ignored by pluggy), an argument the hook does not provide,
@@ -189,10 +183,10 @@ def _hook_problems(obj: object, owner: str, allowed: Iterable[str]) -> list[str]
             continue
         options = getattr(function, f"{hookspecs.PROJECT}_impl", None)
         hook = (options or {}).get("specname") or attribute
-        if hook not in _HOOK_NAMES:
+        if hook not in HOOK_NAMES:
             problems.append(
                 f"{owner} defines {hook}, which is not a prx hook (see prx_core/hookspecs.py)."
-                f"{did_you_mean(hook, _HOOK_NAMES)}"
+                f"{did_you_mean(hook, HOOK_NAMES)}"
             )
             continue
         if options is None:
@@ -209,11 +203,11 @@ def _hook_problems(obj: object, owner: str, allowed: Iterable[str]) -> list[str]
             continue
         parameters = inspect.signature(function).parameters.values()
         wanted = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name != "self"]
-        unknown = [name for name in wanted if name not in _spec_args(hook)]
+        unknown = [name for name in wanted if name not in spec_args(hook)]
         if unknown:
             problems.append(
                 f"{owner}.{hook} asks for {names_list(unknown)}, which the hook does not pass "
-                f"(it passes: {names_list(_spec_args(hook)) or 'nothing'})"
+                f"(it passes: {names_list(spec_args(hook)) or 'nothing'})"
             )
     return problems
 
@@ -230,10 +224,10 @@ def _register_checked(manager: pluggy.PluginManager, obj: object, name: str) -> 
 def _techniques_of(module: object, label: str) -> list[Technique]:
     """Call the module's ``prx_register_techniques`` through a discovery manager and check the
     result."""
-    problems = _hook_problems(module, f"module {label}", allowed=("prx_register_techniques",))
+    problems = hook_problems(module, f"module {label}", allowed=("prx_register_techniques",))
     if problems:
         raise PluginError("; ".join(problems))
-    manager = _new_manager()
+    manager = new_manager()
     _register_checked(manager, module, label)
     try:
         results = manager.hook.prx_register_techniques()
@@ -273,14 +267,14 @@ def _check_declaration(technique: Technique) -> None:
 def _check_plugin_class(technique: Technique) -> tuple[str, ...]:
     """Validate the hooks of ``technique.plugin`` against the specs; return their names in call order."""
     plugin = technique.plugin
-    allowed = [hook for hook in _HOOK_NAMES if hook != "prx_register_techniques"]
-    problems = _hook_problems(plugin, f"technique '{technique.name}' ({_qualname(plugin)})", allowed)
+    allowed = [hook for hook in HOOK_NAMES if hook != "prx_register_techniques"]
+    problems = hook_problems(plugin, f"technique '{technique.name}' ({qualname(plugin)})", allowed)
     if problems:
         raise PluginError("; ".join(problems))
-    manager = _new_manager()
+    manager = new_manager()
     _register_checked(manager, plugin, technique.name)
     implemented = {caller.name for caller in manager.get_hookcallers(plugin) or ()}
-    hooks = tuple(hook for hook in _HOOK_NAMES if hook in implemented)
+    hooks = tuple(hook for hook in HOOK_NAMES if hook in implemented)
     if is_tracker(hooks):
         _check_tracker(technique, hooks)
     return hooks
@@ -308,7 +302,7 @@ def _check_tracker(technique: Technique, hooks: tuple[str, ...]) -> None:
                           f"{' and no '.join(declared)}: a tracker has no effect on training")
 
 
-def _qualname(obj: object) -> str:
+def qualname(obj: object) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
@@ -365,136 +359,3 @@ def selection_problems(names: Iterable[str], registry: Registry, location: str) 
 
 
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
-
-
-@attrs.define
-class HookTrace:
-    """What the techniques of a run did, in order: ``events`` holds (step or None, kind, name,
-    technique). :meth:`TechniqueSet.call` records ``("hook", hook, technique)`` for every
-    implementation it ran; the training loop may record its own kinds (e.g. per-step events).
-    With ``PRX_TRACE=1`` every event is also logged."""
-
-    log: Callable[[str], None] | None = None
-    events: list[tuple[int | None, str, str, str]] = attrs.Factory(list)
-
-    def record(self, kind: str, name: str, technique: str, step: int | None = None) -> None:
-        self.events.append((step, kind, name, technique))
-        if self.log is not None:
-            at = "" if step is None else f"step {step} "
-            self.log(f"trace: {at}{kind} {name} [{technique}]")
-
-    def clear(self) -> None:
-        self.events.clear()
-
-
-class TechniqueSet:
-    """The techniques one run uses: structured configs, instances, a pluggy manager, the hook trace."""
-
-    def __init__(self, recipe: Any, registry: Registry, context: RunContext) -> None:
-        location = where(recipe, "plugins")
-        problems = selection_problems(recipe.plugins, registry, location)
-        if problems:
-            raise RecipeError("\n\n".join(problems))
-        self.names: tuple[str, ...] = tuple(sorted(set(recipe.plugins)))
-        self.techniques: dict[str, Technique] = {name: registry.techniques[name] for name in self.names}
-        self.configs: dict[str, Any] = {name: _config_for(recipe, t) for name, t in self.techniques.items()}
-        self.instances: dict[str, Any] = {
-            name: self.techniques[name].plugin(self.configs[name], context) for name in self.names
-        }
-        self.trace = HookTrace(log=context.log if os.environ.get(ENV_TRACE) == "1" else None)
-        self.pm = _new_manager()
-        allowed = [hook for hook in _HOOK_NAMES if hook != "prx_register_techniques"]
-        for name in self.names:
-            instance = self.instances[name]
-            problems = _hook_problems(instance, f"technique '{name}' ({_qualname(type(instance))})", allowed)
-            if problems:
-                raise PluginError("; ".join(problems))
-            try:
-                self.pm.register(instance, name=name)
-            except (pluggy.PluginValidationError, ValueError) as err:
-                raise PluginError(f"technique '{name}': {' '.join(str(err).split())}") from None
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as err:
-            raise PluginError(" ".join(str(err).split())) from None
-        checks = self.call("prx_check_recipe", recipe=recipe, active=self.names)
-        found = [f"{where(recipe, name)}: {name}: {_sentence(text)}" for name, texts in checks for text in texts]
-        if found:
-            raise RecipeError("\n\n".join(found))
-
-    def call(self, hook: str, phase: Phase | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call ``hook`` on the active techniques (minus ``phase.disabled``) in technique-name order.
-
-        Each implementation gets only the arguments it names (``phase`` is passed as an argument
-        too when given); None results are dropped. Returns ``[(technique, result)]``.
-        """
-        if hook not in _HOOK_NAMES:
-            raise ValueError(f"unknown hook {hook!r}; hooks: {', '.join(_HOOK_NAMES)}")
-        if phase is not None:
-            kwargs["phase"] = phase
-        unexpected = set(kwargs) - set(_spec_args(hook))
-        if unexpected:
-            expected = ", ".join(_spec_args(hook))
-            raise TypeError(f"{hook} takes {expected}; got unexpected {', '.join(sorted(unexpected))}")
-        disabled = set(phase.disabled) if phase is not None else set()
-        implementations = {self.pm.get_name(impl.plugin): impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
-        results = []
-        for name in sorted(implementations):
-            if name in disabled:
-                continue
-            impl = implementations[name]
-            missing = [arg for arg in impl.argnames if arg not in kwargs]
-            if missing:
-                raise pluggy.HookCallError(f"{hook} must be called with {', '.join(missing)} (asked for by {name})")
-            result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            self.trace.record("hook", hook, name)
-            if result is not None:
-                results.append((name, result))
-        return results
-
-    def check_claims(self, claims: list[tuple[str, OptimizerClaim]], model: nn.Module) -> None:
-        """Raise RecipeError if a parameter is claimed twice or a claim names a parameter the model lacks."""
-        parameters = dict(model.named_parameters())
-        owner: dict[str, str] = {}
-        doubles: dict[tuple[str, str], list[str]] = {}
-        foreign: dict[str, list[str]] = {}
-        for technique, claim in sorted(claims, key=lambda item: item[0]):
-            for qualified, parameter in claim.params:
-                if parameters.get(qualified) is not parameter:
-                    foreign.setdefault(technique, []).append(qualified)
-                elif qualified in owner:
-                    doubles.setdefault((owner[qualified], technique), []).append(qualified)
-                else:
-                    owner[qualified] = technique
-        problems = []
-        for (first, second), names in sorted(doubles.items()):
-            who = f"both {first} and {second}" if first != second else f"{first} twice"
-            problems.append(
-                f"parameter{'s' if len(names) > 1 else ''} {_some(names)} {'are' if len(names) > 1 else 'is'} claimed "
-                f"by {who}; a parameter can have only one optimizer, so narrow one technique's selection."
-            )
-        for technique, names in sorted(foreign.items()):
-            problems.append(
-                f"{technique} claims {_some(names)}, which {'are' if len(names) > 1 else 'is'} not a parameter of "
-                "the model (claims must use names and tensors from model.named_parameters())."
-            )
-        if problems:
-            raise RecipeError("optimizer claims conflict: " + " ".join(problems))
-
-
-def _some(names: list[str], shown: int = 3) -> str:
-    quoted = [f"'{name}'" for name in names[:shown]]
-    rest = len(names) - shown
-    return ", ".join(quoted) + (f" and {rest} more" if rest > 0 else "")
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def _config_for(recipe: Any, technique: Technique) -> Any:
-    """The structured config of ``technique`` from the recipe, else its default config."""
-    if technique.name in recipe.techniques:
-        return recipe.techniques[technique.name]
-    return technique.config() if technique.config is not None else None
