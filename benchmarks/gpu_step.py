@@ -11,7 +11,7 @@ short keeps what it measured), and a summary line at the end:
   for the boolean text-padding mask the model passes;
 * ``reference``: the plain reference step (``run()`` of the file given by ``--reference``,
   unmodified), dense / TREAD / TREAD + teachers, eager and compiled;
-* ``prx``: the project's step, built by :mod:`prx_core.train.bench` from ``recipes/speedrun.toml``
+* ``prx``: the project's step, built by :mod:`prx_core.measure.bench` from ``recipes/speedrun.toml``
   with random text embeddings: "dense" (no technique), "routed" (tread) and "full" (every
   technique of the recipe: routing, REPA, LPIPS, DINO perceptual, Muon) at the same shapes.
   "full" runs the recipe's gradient accumulation on one device (global batch / micro-batch, 32
@@ -239,7 +239,7 @@ def run_reference(reference, cfg: Config, s: Sizes, device: torch.device, peak: 
 def save_teachers(folder: Path, tiny: bool, device: torch.device) -> tuple[list[str], str]:
     """Random-weight teachers of the recipe's architectures, saved where the real loader reads
     them; returns the recipe overrides and how LPIPS is provided."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -276,8 +276,8 @@ def save_teachers(folder: Path, tiny: bool, device: torch.device) -> tuple[list[
 
 
 def project_recipe(s: Sizes, compiled: bool, device: torch.device, teachers: list[str], tiny: bool):
-    from prx_core.registry import discover
     from prx_core.recipe.loader import load_recipe
+    from prx_core.registry import discover
 
     registry = discover(only=(), extra_modules=[importlib.import_module(m) for m in PLUGIN_MODULES])
     overrides = [f"train.compile={'true' if compiled else 'false'}", f"train.device={device}", *teachers]
@@ -288,7 +288,7 @@ def project_recipe(s: Sizes, compiled: bool, device: torch.device, teachers: lis
 
 
 def run_project(cfg: Config, s: Sizes, device: torch.device, peak: float, teachers: list[str], tiny: bool) -> dict:
-    from prx_core.train.bench import BenchShape, Combo, bench_combo, default_shape
+    from prx_core.measure.bench import BenchShape, Combo, bench_combo, default_shape
 
     recipe, registry = project_recipe(s, cfg.compiled, device, teachers, tiny)
     plugins = {"dense": (), "routed": ("tread",), "full": tuple(recipe.plugins)}[cfg.base]
@@ -386,7 +386,7 @@ def main() -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     reference = load_reference(args.reference)
-    from prx_core.train.bench import release
+    from prx_core.measure.bench import release
 
     if wanted("sdpa", only):
         note("SDPA backends")

@@ -12,12 +12,12 @@ from prx_core.distributed import pick_device
 from prx_core.errors import CheckpointError
 from prx_core.export import read_export
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.registry import Registry, discover
-from prx_core.techniques import TechniqueSet
+from prx_core.plan import plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
+from prx_core.registry import Registry, discover
+from prx_core.techniques import TechniqueSet
 from prx_core.text import TextEncoder, load_text_encoder
-from prx_core.train.plan import plan_phases
 from prx_core.train.state import read_ema
 from prx_core.train.trainer import autocast_dtype, single
 from prx_core.types import Guidance, RunContext

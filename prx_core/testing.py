@@ -47,19 +47,19 @@ from transformers import Dinov2Config, Dinov2Model
 
 from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager, load_state
-from prx_core.cost import phase_lines
 from prx_core.data.batcher import Batch
 from prx_core.data.schedule import phase_at
 from prx_core.effects import EffectProbe, declared_effects, effect_owners, hook_order_problems
 from prx_core.errors import RecipeError
 from prx_core.generate import generate
-from prx_core.registry import Registry, discover
-from prx_core.techniques import TechniqueSet
+from prx_core.measure.cost import phase_lines
+from prx_core.plan import plan_phases
 from prx_core.recipe.errors_format import names_list
 from prx_core.recipe.loader import load_recipe
+from prx_core.registry import Registry, discover
+from prx_core.techniques import TechniqueSet
 from prx_core.text import load_text_encoder
 from prx_core.train.loop import resolve_guidance, sampling_model
-from prx_core.train.plan import plan_phases
 from prx_core.train.trainer import Trainer
 from prx_core.types import Phase, RunContext
 

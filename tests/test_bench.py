@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from prx_core.cli import bench_cmd
-from prx_core.cost import load_measurements
 from prx_core.errors import UserError
-from prx_core.registry import Registry, discover
+from prx_core.measure.bench import BenchShape, Combo, default_shape, plugin_combos
+from prx_core.measure.cost import load_measurements
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
-from prx_core.train.bench import BenchShape, Combo, default_shape, plugin_combos
+from prx_core.registry import Registry, discover
 from prx_core.types import Technique
 
 ROOT = Path(__file__).parent.parent

@@ -11,15 +11,16 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from prx_core import distributed as D
+from prx_core.measure.bench import BenchShape, synthetic_batch
+from prx_core.measure.host_sync import HostReads, host_sync_sites
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
+from prx_core.plan import plan_phases
+from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
-from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
-from prx_core.train.bench import BenchShape, HostReads, host_sync_sites, synthetic_batch
 from prx_core.train.nonfinite import honours_found_inf, nonfinite_flag, step_unless
-from prx_core.train.plan import plan_phases
 from prx_core.train.trainer import Trainer
 from prx_core.types import Route, RunContext
 
@@ -152,7 +153,7 @@ def test_a_host_read_in_a_loss_term_is_reported_with_the_line_that_made_it():
     trainer.aux_losses = [ReadsTheNoiseLevel()]
     trainer.aux_owners = ["test"]
     trainer.train_step(batches, 1)
-    sites = host_sync_sites(trainer, batches)
+    sites = host_sync_sites(lambda: trainer.train_step(batches, 1), trainer.device)
     assert len(sites) == 1
     assert f"{__file__}:" in sites[0] and "float(step.t.max())" in sites[0]
 

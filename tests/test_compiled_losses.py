@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
-from transformers import DINOv3ViTConfig, DINOv3ViTModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel
 
 from prx_core import distributed as D
+from prx_core.measure.bench import BenchShape, synthetic_batch
 from prx_core.objective import add_noise, v_space_loss
+from prx_core.plan import plan_phases
+from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
-from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
-from prx_core.train.bench import BenchShape, synthetic_batch
-from prx_core.train.plan import plan_phases
 from prx_core.train.trainer import CompiledLoss, Trainer
 from prx_core.types import RunContext, StepTensors
 

@@ -6,13 +6,13 @@ import json
 import pytest
 from rich.console import Console
 
-from prx_core.cost import (
+from prx_core.errors import PluginError, UserError
+from prx_core.measure.cost import (
     REFERENCE,
     estimate_cost,
     load_measurements,
     render_cost_report,
 )
-from prx_core.errors import PluginError, UserError
 from prx_core.recipe.schema import Recipe
 from prx_core.types import CostTerm, Phase
 

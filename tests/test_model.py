@@ -12,7 +12,7 @@ from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser, patchify, unpatchify
 from prx_core.model.flops import train_flops_per_image
 from prx_core.model.layers import Block, RMSNorm, apply_rope, rope_tables, timestep_embedding
-from prx_core.train.plan import parameter_count
+from prx_core.plan import parameter_count
 
 SMALL = DenoiserConfig(hidden=32, depth=3, heads=2, mlp_ratio=2.0, patch=4, bottleneck=16, text_dim=8)
 

@@ -26,11 +26,11 @@ from prx_core.data.scenes import render_scene, scene_for_index
 from prx_core.ema import EMA
 from prx_core.evaluation.checker import ATTRIBUTES
 from prx_core.evaluation.prompts import eval_scenes
+from prx_core.plan import plan_phases
+from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
-from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
-from prx_core.train.plan import plan_phases
 from prx_core.train.trainer import Trainer
 from prx_core.types import RunContext
 

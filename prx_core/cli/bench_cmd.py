@@ -14,7 +14,7 @@ from rich.table import Table
 from prx_core.cli.common import add_recipe_arguments, load_from_args
 from prx_core.distributed import pick_device
 from prx_core.errors import UserError
-from prx_core.train.bench import COMBOS, BenchResult, default_shape, plugin_combos, run_bench
+from prx_core.measure.bench import COMBOS, BenchResult, default_shape, plugin_combos, run_bench
 
 
 def register(subparsers) -> None:

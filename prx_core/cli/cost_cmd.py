@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from prx_core.cli.common import add_recipe_arguments, load_from_args
-from prx_core.cost import PEAK_BF16_TFLOPS, estimate_cost, load_measurements, render_cost_report
+from prx_core.measure.cost import PEAK_BF16_TFLOPS, estimate_cost, load_measurements, render_cost_report
 from prx_core.techniques import TechniqueSet
 from prx_core.types import RunContext
 

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe, registry = load_from_args(args)
     if args.dry_run:
-        from prx_core.train.dry_run import print_plan
+        from prx_core.measure.dry_run import print_plan
 
         print_plan(recipe, registry, gpus=args.gpus, gpu=args.gpu, price=args.price)
         return 0

@@ -14,18 +14,18 @@ from prx_core.console import RunConsole
 from prx_core.data.schedule import phase_at
 from prx_core.errors import UserError
 from prx_core.evaluation.prompt_following import evaluate
-from prx_core.generate import generate, save_grid
 from prx_core.evaluation.prompts import eval_scenes
+from prx_core.generate import generate, save_grid
 from prx_core.model.denoiser import PRXDenoiser
+from prx_core.plan import accumulation_steps, plan_phases
 from prx_core.recipe.loader import dump_recipe_toml, recipe_to_dict
-from prx_core.registry import Registry
-from prx_core.techniques import TechniqueSet, TracedGuidance
 from prx_core.recipe.schema import Recipe
+from prx_core.registry import Registry
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
+from prx_core.techniques import TechniqueSet, TracedGuidance
 from prx_core.text import check_declared_dim, load_text_encoder
 from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.phase_data import PhaseData
-from prx_core.train.plan import accumulation_steps, plan_phases
 from prx_core.train.sinks import Sinks, run_facts, run_name
 from prx_core.train.state import load_checkpoint, save_checkpoint
 from prx_core.train.trainer import Trainer, single

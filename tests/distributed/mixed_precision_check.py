@@ -24,12 +24,12 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from prx_core import distributed as D
 from prx_core.data.batcher import Batch
+from prx_core.measure.bench import BenchShape, synthetic_batch
+from prx_core.plan import plan_phases
+from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
-from prx_core.recipe.loader import load_recipe
 from prx_core.text import load_text_encoder
-from prx_core.train.bench import BenchShape, synthetic_batch
-from prx_core.train.plan import plan_phases
 from prx_core.train.trainer import Trainer
 from prx_core.types import Conditioning, RunContext
 

@@ -17,18 +17,15 @@ step in which host-device synchronisations are counted (there should be none).
 from __future__ import annotations
 
 import gc
-import os
 import time
-import traceback
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from prx_core import distributed as D
-from prx_core.cost import DEFAULT_TEXT_DIM, peak_flops, phase_lines
+from prx_core.measure.cost import DEFAULT_TEXT_DIM, peak_flops, phase_lines
+from prx_core.measure.host_sync import host_sync_sites
 from prx_core.data.batcher import Batch
 from prx_core.errors import UserError
 from prx_core.registry import Registry
@@ -36,7 +33,7 @@ from prx_core.techniques import TechniqueSet
 from prx_core.recipe.schema import Recipe
 from prx_core.text import load_text_encoder
 from prx_core.train.nonfinite import step_unless
-from prx_core.train.plan import accumulation_steps, plan_phases
+from prx_core.plan import accumulation_steps, plan_phases
 from prx_core.train.trainer import Trainer
 from prx_core.types import Conditioning, Phase, RunContext
 
@@ -80,7 +77,7 @@ class BenchResult:
     ``optimizer_ms`` each optimizer's ``step()`` alone; ``term_ms`` each auxiliary loss
     (forward, one micro-batch);
     ``host_syncs`` the synchronisations in one step and ``host_sync_sites`` where each happened
-    (see :func:`host_sync_sites`);
+    (see :func:`prx_core.measure.host_sync.host_sync_sites`);
     ``peak_mem_mb`` the CUDA allocator's peak (None on other devices); ``mfu`` the denoiser's
     analytic training FLOPs per second over the card's peak (the plain reference step's
     convention; None without a peak); ``tflop_per_image`` counts everything (teachers, optimizer
@@ -111,7 +108,7 @@ class BenchResult:
 
     def to_json(self) -> dict:
         """Plain data: a measured row without ``failed``, a failed row with only what identifies
-        it and ``failed`` (the form ``prx_core.cost.load_measurements`` expects)."""
+        it and ``failed`` (the form ``prx_core.measure.cost.load_measurements`` expects)."""
         data = attrs.asdict(self)
         data["plugins"] = list(self.plugins)
         if self.failed is None:
@@ -230,66 +227,6 @@ def time_optimizers(trainer: Trainer, batch: Batch, reps: int) -> dict[str, floa
     return out
 
 
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-
-
-def sync_site(frames: list[traceback.FrameSummary]) -> str:
-    """Where a synchronisation happened, from the Python stack at that moment: the innermost
-    frame (inside torch, or inside inductor's generated code, it says which kernel or library
-    call), then the innermost frame outside torch's own package when that is another one (the
-    caller to change)."""
-    def describe(frame: traceback.FrameSummary) -> str:
-        code = f": {frame.line.strip()}" if frame.line else ""
-        return f"{frame.filename}:{frame.lineno} in {frame.name}{code}"
-
-    innermost = frames[-1]
-    caller = next((f for f in reversed(frames) if not f.filename.startswith(_TORCH_DIR)), innermost)
-    return describe(innermost) if caller is innermost else f"{describe(innermost)} <- {describe(caller)}"
-
-
-class HostReads(TorchDispatchMode):
-    """Records tensor-to-Python-number reads (``.item()``, ``bool()``, ``int()``, ``float()`` all
-    dispatch ``aten._local_scalar_dense``), each with its :func:`sync_site`: on a GPU each one is
-    a host-device synchronisation."""
-
-    def __init__(self):
-        super().__init__()
-        self.sites: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.sites.append(sync_site(traceback.extract_stack()[:-1]))
-        return func(*args, **(kwargs or {}))
-
-
-def host_sync_sites(trainer: Trainer, batches: Iterator[Batch]) -> tuple[str, ...] | None:
-    """The host-device synchronisations of one optimizer step, one :func:`sync_site` each: CUDA's
-    sync debug mode on a GPU; elsewhere the tensor-to-number reads of an eager model (each would
-    be one on a GPU); None for a compiled model off the GPU, where neither applies."""
-    if trainer.device.type == "cuda":
-        sites: list[str] = []
-
-        def record(message, category, filename, lineno, file=None, line=None) -> None:
-            if "synchroniz" in str(message):
-                sites.append(sync_site(traceback.extract_stack()[:-1]))
-
-        previous = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = record  # catch_warnings puts the original back
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                trainer.train_step(batches, 1)
-            finally:
-                torch.cuda.set_sync_debug_mode(previous)
-        return tuple(sites)
-    if trainer.recipe.train.compile:
-        return None
-    with HostReads() as reads:
-        trainer.train_step(batches, 1)
-    return tuple(reads.sites)
-
-
 def bench_combo(recipe: Recipe, registry: Registry, combo: Combo, shape: BenchShape, *, steps: int, warmup: int,
                 device: torch.device, peak_tflops: float | None = None, optimizer_reps: int = 3,
                 log: Callable[[str], None] = lambda message: None) -> BenchResult:
@@ -332,7 +269,7 @@ def bench_combo(recipe: Recipe, registry: Registry, combo: Combo, shape: BenchSh
     optimizer_ms = time_optimizers(trainer, batch, optimizer_reps)
     trainer.train_step(stream, 1, timed=True)
     term_ms = dict(trainer.term_ms)
-    sync_sites = host_sync_sites(trainer, stream)
+    sync_sites = host_sync_sites(lambda: trainer.train_step(stream, 1), device, variant.train.compile)
     denoiser_flops, all_flops = flops_per_image(techniques, trainer, phase, variant.text.max_length)
     images_per_s = shape.batch / step_s
     peak = peak_tflops if peak_tflops is not None else (peak_flops("h100") / 1e12 if cuda else None)

@@ -1,4 +1,6 @@
-"""The plan of a run before any compute: phases, batch split, parameters, FLOPs per image."""
+"""The plan of a run, decided before any compute: its phases, how each phase's global batch splits
+into micro-batches and accumulation steps, and the model's parameter count. The cost of the plan
+is :mod:`prx_core.measure.cost`."""
 from __future__ import annotations
 
 import torch

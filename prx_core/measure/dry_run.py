@@ -4,14 +4,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from prx_core.cost import estimate_cost, render_cost_report
 from prx_core.diffusers_format.checkpoint import is_diffusers_spec
+from prx_core.measure.cost import estimate_cost, render_cost_report
 from prx_core.errors import RecipeError
 from prx_core.registry import Registry
 from prx_core.techniques import TechniqueSet
 from prx_core.recipe.schema import Recipe
+from prx_core.plan import accumulation_steps, parameter_count, plan_phases
 from prx_core.train.initial_weights import check_initial_weights
-from prx_core.train.plan import accumulation_steps, parameter_count, plan_phases
 from prx_core.types import RunContext
 
 

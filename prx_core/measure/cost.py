@@ -20,7 +20,7 @@ from rich.table import Table
 
 from prx_core.errors import PluginError, UserError
 from prx_core.model.flops import tokens_for, train_flops_per_image
-from prx_core.train.plan import plan_phases
+from prx_core.plan import plan_phases
 from prx_core.types import CostTerm, Phase
 
 PEAK_BF16_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}

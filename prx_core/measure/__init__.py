@@ -1,0 +1,3 @@
+"""What a recipe costs: projected before any compute (:mod:`~prx_core.measure.cost`, the dry run)
+and timed on this machine (:mod:`~prx_core.measure.bench`, with the host-sync detector of
+:mod:`~prx_core.measure.host_sync`)."""
