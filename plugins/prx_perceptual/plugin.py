@@ -6,19 +6,13 @@ from typing import Any
 
 from torch import nn
 
-from prx_core.errors import RecipeError
 from prx_core.hookspecs import hookimpl
 from prx_core.model.config import DenoiserConfig
-from prx_core.teachers import ConvTeacher, load_teacher, parse_teacher_spec, teacher_forward_flops
+from prx_core.teachers import ConvTeacher, load_teacher, parse_teacher_spec, teacher_loss_flops, teacher_spec_problems
 from prx_core.types import CostTerm, Phase, RunContext, Technique
 from prx_perceptual.config import DinoPerceptualConfig, LpipsConfig
 from prx_perceptual.losses import downsampled_size
 from prx_perceptual.terms import DinoPerceptualTerm, LpipsTerm
-
-BRANCHES = 3
-"""Teacher forwards per image and step, in units of one forward: the clean branch, the
-prediction branch, and the prediction branch's backward to its input (about one forward: the
-frozen weights need no gradient)."""
 
 
 class _Perceptual:
@@ -32,11 +26,7 @@ class _Perceptual:
 
     def _problems(self) -> list[str]:
         c = self.config
-        problems = []
-        try:
-            parse_teacher_spec(c.teacher)
-        except RecipeError as error:
-            problems.append(f"teacher: {error}")
+        problems = teacher_spec_problems(c.teacher)
         if not (math.isfinite(c.weight) and c.weight >= 0):
             problems.append(f"weight = {c.weight} must be a finite number >= 0.")
         if not 0 <= c.gate_t_clean <= 1:
@@ -83,8 +73,7 @@ class Lpips(_Perceptual):
     @hookimpl
     def prx_cost(self, model_config: DenoiserConfig, phase: Phase, text_tokens: int) -> list[CostTerm]:
         size = downsampled_size((phase.resolution, phase.resolution), self.config.scale, self.config.min_side)
-        flops = teacher_forward_flops(self.config.teacher, size, "stages")
-        return [CostTerm("lpips_teacher", BRANCHES * flops, "teacher")]
+        return [CostTerm("lpips_teacher", teacher_loss_flops(self.config.teacher, size, "stages"), "teacher")]
 
 
 class DinoPerceptual(_Perceptual):
@@ -112,8 +101,7 @@ class DinoPerceptual(_Perceptual):
     @hookimpl
     def prx_cost(self, model_config: DenoiserConfig, phase: Phase, text_tokens: int) -> list[CostTerm]:
         size = (self.config.size, self.config.size)
-        return [CostTerm("dino_perceptual_teacher", BRANCHES * teacher_forward_flops(self.config.teacher, size),
-                         "teacher")]
+        return [CostTerm("dino_perceptual_teacher", teacher_loss_flops(self.config.teacher, size), "teacher")]
 
 
 @hookimpl

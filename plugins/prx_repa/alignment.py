@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from prx_core.model.tokens import gather_tokens
-from prx_core.teachers import FeatureTeacher, teacher_tokens_on_grid
+from prx_core.teachers import FeatureTeacher
 from prx_core.types import StepTensors
+from prx_repa.grid import teacher_tokens_on_grid
 from prx_repa.loss import repa_loss
 
 

@@ -6,21 +6,20 @@ from typing import Any
 
 from torch import nn
 
-from prx_core.errors import RecipeError
 from prx_core.hookspecs import hookimpl
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.flops import TRAIN_MULTIPLIER
 from prx_core.teachers import (
     ConvTeacher,
     load_teacher,
-    parse_teacher_spec,
     teacher_architecture,
     teacher_forward_flops,
-    teacher_input_size,
+    teacher_spec_problems,
 )
 from prx_core.types import CostTerm, Phase, RunContext, Technique
 from prx_repa.alignment import RepaAlignment
 from prx_repa.config import RepaConfig
+from prx_repa.grid import teacher_input_size
 from prx_repa.loss import build_projector, projector_forward_flops
 
 PROJECTOR = "repa_projector"
@@ -45,10 +44,7 @@ class Repa:
         if not 0 <= c.block < depth:
             problems.append(f"block = {c.block} is not a block of the {depth}-block model; use 0..{depth - 1} "
                             "(7, the 8th block, in the PRX recipe).")
-        try:
-            parse_teacher_spec(c.teacher)
-        except RecipeError as error:
-            problems.append(f"teacher: {error}")
+        problems += teacher_spec_problems(c.teacher)
         if c.projector_dim < 1:
             problems.append(f"projector_dim = {c.projector_dim} must be a positive width (1024 in the PRX recipe).")
         if not (math.isfinite(c.weight) and c.weight >= 0):

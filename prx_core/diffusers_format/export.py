@@ -21,7 +21,7 @@ from prx_core.errors import UserError
 from prx_core.inference import load_for_sampling
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.recipe.loader import dump_recipe_toml
-from prx_core.text import resolve_location
+from prx_core.weights import local_location
 
 RECIPE_FILE = "prx_recipe.toml"
 """The run's resolved recipe, written beside the diffusers files (diffusers ignores it)."""
@@ -77,7 +77,7 @@ def text_encoder_class(spec: str):
     if spec == "none":
         return None, "the run uses random text embeddings ([text] encoder = \"none\"), which no pipeline can encode"
     try:
-        config = transformers.AutoConfig.from_pretrained(resolve_location(spec))
+        config = transformers.AutoConfig.from_pretrained(local_location(spec, f"text encoder '{spec}'"))
     except (OSError, ValueError) as err:
         return None, f"the text encoder '{spec}' could not be read on this machine ({str(err).splitlines()[0]})"
     if getattr(config, "is_encoder_decoder", False):
@@ -137,7 +137,7 @@ def _write(tmp: Path, transformer, encoder_class, inf) -> None:
     if encoder_class is None:
         transformer.save_pretrained(tmp)
     else:
-        location = resolve_location(inf.recipe.text.encoder)
+        location = local_location(inf.recipe.text.encoder, f"text encoder '{inf.recipe.text.encoder}'")
         pipeline = PRXPixelPipeline(
             transformer=transformer,
             scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS,

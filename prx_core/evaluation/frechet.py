@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from prx_core.errors import UserError, WeightsNotFoundError
+from prx_core.weights import hub_offline
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 """Images (batch, 3, H, W) in [-1, 1] -> features (batch, dim)."""
@@ -173,7 +174,7 @@ def _clip(location: str, device: torch.device) -> FeatureNetwork:
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     name = location or CLIP_DEFAULT
-    local_only = os.path.isdir(name) or os.environ.get("HF_HUB_OFFLINE") == "1"
+    local_only = os.path.isdir(name) or hub_offline()
     try:
         processor = CLIPImageProcessor.from_pretrained(name, local_files_only=local_only)
         model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=local_only)
