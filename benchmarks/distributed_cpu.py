@@ -1,6 +1,6 @@
 """Training throughput on the CPU: one process against two (DDP and FSDP2 over gloo).
 
-Each configuration is a real ``prx run`` of ``tests/fixtures/tiny.toml`` with the model, image
+Each configuration is a real ``prx run`` of ``prx_core/testing/tiny.toml`` with the model, image
 size and batch set below, launched as a user launches it (``python -m torch.distributed.run
 --nproc-per-node 2 --standalone -m prx_core run ...`` for two processes). Step times are read
 from the run's ``metrics.jsonl`` (``step_ms`` of every step after ``--skip`` warm-up steps, on rank
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny.toml"
+RECIPE = Path(__file__).resolve().parent.parent / "prx_core" / "testing" / "tiny.toml"
 CONFIGS = (  # label, processes, threads per process, strategy
     ("1 process, 1 thread", 1, 1, "none"),
     ("1 process, 2 threads", 1, 2, "none"),

@@ -238,41 +238,18 @@ def run_reference(reference, cfg: Config, s: Sizes, device: torch.device, peak: 
 
 def save_teachers(folder: Path, tiny: bool, device: torch.device) -> tuple[list[str], str]:
     """Random-weight teachers of the recipe's architectures, saved where the real loader reads
-    them; returns the recipe overrides and how LPIPS is provided."""
-    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel
-    from transformers.utils import logging as hf_logging
+    them (by prx_core.testing.teachers); returns the recipe overrides and how LPIPS is provided."""
+    from prx_core.testing.teachers import save_random_lpips_vgg, save_random_timm, save_random_vit
 
-    hf_logging.disable_progress_bar()
-    if tiny:
-        v3 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
-                  num_register_tokens=4)
-        v2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, num_register_tokens=4,
-                  image_size=56)
-    else:
-        v3 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                  patch_size=16, num_register_tokens=4)
-        v2 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14,
-                  num_register_tokens=4, image_size=518)
-    torch.manual_seed(0)
-    with torch.device(device):  # initialising 300 M weights is faster on the GPU
-        DINOv3ViTModel(DINOv3ViTConfig(**v3)).save_pretrained(folder / "dinov3")
-        Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**v2)).save_pretrained(folder / "dinov2")
-    overrides = [f"repa.teacher=hf:{folder / 'dinov3'}", f"dino_perceptual.teacher=hf:{folder / 'dinov2'}"]
+    dinov3, _ = save_random_vit("dinov3_vit", folder / "dinov3", full=not tiny, device=device)
+    dinov2, _ = save_random_vit("dinov2_with_registers", folder / "dinov2", full=not tiny, device=device)
+    overrides = [f"repa.teacher={dinov3}", f"dino_perceptual.teacher={dinov2}"]
     try:
-        import lpips
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            metric = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-        state = {f"features.{key.split('.', 1)[1]}": value for key, value in metric.net.state_dict().items()}
-        torch.save(state, folder / "vgg16.pth")
-        return overrides + [f"lpips.teacher=lpips:vgg@{folder / 'vgg16.pth'}"], "lpips:vgg (random trunk)"
+        lpips_vgg, _ = save_random_lpips_vgg(folder / "vgg16.pth")
+        return overrides + [f"lpips.teacher={lpips_vgg}"], "lpips:vgg (random trunk)"
     except ImportError as error:
-        import timm
-
-        torch.save(timm.create_model("vgg16").state_dict(), folder / "timm_vgg16.pth")
-        return overrides + [f"lpips.teacher=timm:vgg16@{folder / 'timm_vgg16.pth'}"], (
-            f"timm vgg16 standing in for lpips:vgg (same conv trunk): {error}")
+        vgg16, _ = save_random_timm("vgg16", folder / "timm_vgg16.pth")
+        return overrides + [f"lpips.teacher={vgg16}"], f"timm vgg16 standing in for lpips:vgg (same conv trunk): {error}"
 
 
 def project_recipe(s: Sizes, compiled: bool, device: torch.device, teachers: list[str], tiny: bool):

@@ -1,4 +1,5 @@
-"""Shared test set-up: offline hub, few threads, and a tiny recipe every end-to-end test can extend."""
+"""Shared test set-up: offline hub, few threads, the tiny recipe every end-to-end test can extend,
+and teachers with random weights (built by prx_core.testing.teachers, the one place that does)."""
 from __future__ import annotations
 
 import os
@@ -11,9 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(1)  # tests run two at a time on 2 cores (pytest -n 2)
+from prx_core.teachers import TORCHVISION_VGG16_FILE  # noqa: E402
+from prx_core.testing import TINY_RECIPE, save_random_lpips_vgg, save_random_timm, save_random_vit  # noqa: E402
+from prx_core.testing.teachers import TINY_VITS  # noqa: E402
 
-TINY_RECIPE = Path(__file__).parent / "fixtures" / "tiny.toml"
+torch.set_num_threads(1)  # tests run two at a time on 2 cores (pytest -n 2)
 
 
 @pytest.fixture
@@ -23,21 +26,22 @@ def tiny_recipe() -> Path:
 
 
 @pytest.fixture(scope="session")
-def random_lpips_vgg(tmp_path_factory):
-    """A random-trunk ``lpips.LPIPS`` (the reference) and its VGG16 weights saved under
-    torchvision's names and file name, as the LPIPS teacher loader expects them."""
-    import warnings
+def random_vits(tmp_path_factory) -> dict[str, tuple[str, torch.nn.Module]]:
+    """Model type ("dinov3_vit", "dinov2_with_registers", "dinov2") -> (teacher spec, the saved
+    model): tiny ViTs with random weights."""
+    return {model_type: save_random_vit(model_type, tmp_path_factory.mktemp(model_type)) for model_type in TINY_VITS}
 
-    import lpips
 
-    from prx_core.teachers import TORCHVISION_VGG16_FILE
+@pytest.fixture(scope="session")
+def random_effnet(tmp_path_factory) -> tuple[str, torch.nn.Module]:
+    """(teacher spec, model): timm's EfficientNet-Lite0 (the quickstart teacher's architecture) with random weights."""
+    return save_random_timm("tf_efficientnet_lite0", tmp_path_factory.mktemp("effnet") / "lite0.pth")
 
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        with warnings.catch_warnings():  # lpips calls torchvision with the deprecated `pretrained=`
-            warnings.simplefilter("ignore", UserWarning)
-            reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
-    state = {f"features.{key.split('.', 1)[1]}": value for key, value in reference.net.state_dict().items()}
+
+@pytest.fixture(scope="session")
+def random_lpips_vgg(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    """(weights file, reference ``lpips.LPIPS``): a random VGG16 trunk saved under torchvision's
+    names and file name, as the LPIPS teacher loader expects it."""
     path = tmp_path_factory.mktemp("vgg") / TORCHVISION_VGG16_FILE
-    torch.save(state, path)
+    _, reference = save_random_lpips_vgg(path)
     return path, reference

@@ -15,17 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
+from test_ablation import FAKE_RUN
 
 from prx_core.ablation.cluster import JOBS_FILE, PrxJob, SlurmOptions, make_executor, sbatch_options
 from prx_core.ablation.design import RunSpec
 from prx_core.cli import main
 from prx_core.cli.ablate_cmd import parse_time
 from prx_core.errors import UserError
-
-from test_ablation import FAKE_RUN
+from prx_core.testing import TINY_RECIPE
 
 ROOT = Path(__file__).parents[1]
-TINY = ROOT / "tests" / "fixtures" / "tiny.toml"
+TINY = TINY_RECIPE
 LOCAL = ["--executor", "slurm", "--slurm-cluster", "local", "--time", "10"]
 
 

@@ -15,10 +15,10 @@ from prx_core.measure.cost import load_measurements
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
 from prx_core.registry import Registry, discover
+from prx_core.testing import TINY_RECIPE
 from prx_core.types import Technique
 
 ROOT = Path(__file__).parent.parent
-TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 
 
 def registry_of(*techniques: Technique) -> Registry:
@@ -66,7 +66,7 @@ def prx_bench(*argv: str) -> int:
 
 def test_prx_bench_on_the_tiny_recipe_writes_a_table_and_json_with_the_baseline(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = prx_bench(str(TINY), "--set", 'plugins=["tread", "repa"]', "--set", "repa.block=1",
+    code = prx_bench(str(TINY_RECIPE), "--set", 'plugins=["tread", "repa"]', "--set", "repa.block=1",
                      "--set", "repa.teacher=hf:/nowhere/dinov3", "--steps", "1", "--warmup", "1", "--out", str(out))
     assert code == 0
     printed = capsys.readouterr().out

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from prx_core.cli import COMMANDS, main
+from prx_core.testing import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEEDRUN = ROOT / "recipes" / "speedrun.toml"
@@ -54,7 +55,7 @@ def test_the_console_script_prints_one_paragraph_and_exits_2_on_a_user_error(tmp
 
 def test_an_unknown_recipe_key_exits_2_naming_it(tmp_path, capsys):
     recipe = tmp_path / "bad.toml"
-    recipe.write_text('extends = "%s"\n[train]\nstepz = 3\n' % (ROOT / "tests" / "fixtures" / "tiny.toml"))
+    recipe.write_text('extends = "%s"\n[train]\nstepz = 3\n' % TINY_RECIPE)
     assert main(["run", str(recipe), "--run-dir", str(tmp_path / "run")]) == 2
     assert "stepz" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

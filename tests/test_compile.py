@@ -4,8 +4,6 @@ non-finite step is skipped on the device (parameters, optimizer state and EMA un
 skip counted)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
@@ -19,12 +17,12 @@ from prx_core.plan import plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
+from prx_core.testing import TINY_RECIPE
 from prx_core.text import load_text_encoder
 from prx_core.train.nonfinite import honours_found_inf, nonfinite_flag, step_unless
 from prx_core.train.trainer import Trainer
 from prx_core.types import Route, RunContext
 
-TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 CONFIG = DenoiserConfig(hidden=32, depth=3, heads=2, mlp_ratio=2.0, patch=8, bottleneck=16, text_dim=16)
 
 
@@ -107,7 +105,7 @@ def test_inductor_compiled_routed_denoiser_matches_eager():
 
 def build_trainer(plugins: str) -> Trainer:
     registry = discover()
-    recipe = load_recipe(TINY, [f"plugins={plugins}"], registry)
+    recipe = load_recipe(TINY_RECIPE, [f"plugins={plugins}"], registry)
     device = torch.device("cpu")
     techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, 0, 1, device, lambda message: None))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, device), D.DistInfo(0, 1, 0, "none", device))

@@ -6,12 +6,10 @@ does."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
-from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel
 
 from prx_core import distributed as D
 from prx_core.measure.bench import BenchShape, synthetic_batch
@@ -20,35 +18,27 @@ from prx_core.plan import plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
+from prx_core.testing import TINY_RECIPE
 from prx_core.text import load_text_encoder
 from prx_core.train.trainer import CompiledLoss, Trainer
 from prx_core.types import RunContext, StepTensors
 
-TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
-
 
 @pytest.fixture(scope="module")
-def teacher_overrides(tmp_path_factory, random_lpips_vgg) -> list[str]:
-    torch.manual_seed(0)
-    dinov3 = tmp_path_factory.mktemp("dinov3")
-    DINOv3ViTModel(DINOv3ViTConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                                   patch_size=16, num_register_tokens=4, image_size=64)).save_pretrained(dinov3)
-    dinov2 = tmp_path_factory.mktemp("dinov2_registers")
-    Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
-        hidden_size=24, num_hidden_layers=2, num_attention_heads=2, patch_size=14, num_register_tokens=4,
-        image_size=28)).save_pretrained(dinov2)
+def teacher_overrides(random_vits, random_lpips_vgg) -> list[str]:
+    dinov3, dinov2 = random_vits["dinov3_vit"][0], random_vits["dinov2_with_registers"][0]
     return [
         'plugins=["tread", "repa", "lpips", "dino_perceptual"]',
         "tread.routes=[{start = 1, end = 2, keep = 0.5}]",
-        f'repa.teacher="hf:{dinov3}"', "repa.block=1", "repa.projector_dim=16",
+        f'repa.teacher="{dinov3}"', "repa.block=1", "repa.projector_dim=16",
         f'lpips.teacher="lpips:vgg@{random_lpips_vgg[0]}"', "lpips.min_side=16",
-        f'dino_perceptual.teacher="hf:{dinov2}"', "dino_perceptual.size=28",
+        f'dino_perceptual.teacher="{dinov2}"', "dino_perceptual.size=28",
     ]
 
 
 def build_trainer(overrides: list[str], compiled: bool) -> Trainer:
     registry = discover()
-    recipe = load_recipe(TINY, [*overrides, f"train.compile={'true' if compiled else 'false'}"], registry)
+    recipe = load_recipe(TINY_RECIPE, [*overrides, f"train.compile={'true' if compiled else 'false'}"], registry)
     device = torch.device("cpu")
     techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, 0, 1, device, lambda message: None))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, device), D.DistInfo(0, 1, 0, "none", device))

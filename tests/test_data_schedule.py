@@ -71,9 +71,9 @@ def test_technique_declaration_and_hook():
 
 
 def test_recipe_table_structures_into_the_schedule(tmp_path):
+    from prx_core.recipe.loader import load_recipe
     from prx_core.registry import discover
     from prx_core.techniques import TechniqueSet
-    from prx_core.recipe.loader import load_recipe
     from prx_core.types import RunContext
 
     path = tmp_path / "r.toml"

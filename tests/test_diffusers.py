@@ -28,10 +28,10 @@ from prx_core.inference import load_for_sampling
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.sampler import sample, time_grid
+from prx_core.testing import TINY_RECIPE
 from prx_core.types import Conditioning
 from prx_core.weights import local_location
 
-TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 TEXT_DIM = 32
 PROMPTS = ["a large red circle at the top left on a blue background", "a small green square"]
 
@@ -84,7 +84,7 @@ def t5gemma_dir(tmp_path_factory) -> Path:
 
 
 def train(run_dir: Path, *settings: str) -> Path:
-    argv = ["run", str(TINY), "--run-dir", str(run_dir), "--plain", "--set", "train.steps=2",
+    argv = ["run", str(TINY_RECIPE), "--run-dir", str(run_dir), "--plain", "--set", "train.steps=2",
             "--set", "train.checkpoint_every=2", "--set", "eval.num_prompts=2"]
     assert main(argv + [a for s in settings for a in ("--set", s)]) == 0
     return run_dir
@@ -280,7 +280,7 @@ def test_a_resumed_fine_tune_no_longer_needs_its_initial_checkpoint(bert_dir, be
     settings = (*with_encoder(bert_dir), f"model.init={json.dumps('diffusers:' + str(init))}")
     run = train(tmp_path / "run", *settings)
     shutil.rmtree(init)
-    argv = ["run", str(TINY), "--run-dir", str(run), "--plain", "--resume", "--set", "train.steps=3",
+    argv = ["run", str(TINY_RECIPE), "--run-dir", str(run), "--plain", "--resume", "--set", "train.steps=3",
             "--set", "train.checkpoint_every=2", "--set", "eval.num_prompts=2"]
     assert main(argv + [a for s in settings for a in ("--set", s)]) == 0
     assert (run / "checkpoints" / "step_00000003").is_dir()
@@ -297,10 +297,10 @@ def latent_checkpoint(folder: Path) -> Path:
 def test_a_latent_space_checkpoint_is_refused_before_the_run_folder_exists(tmp_path, capsys):
     init = f"model.init={json.dumps('diffusers:' + str(latent_checkpoint(tmp_path / 'latent')))}"
     run_dir = tmp_path / "run"
-    assert main(["run", str(TINY), "--run-dir", str(run_dir), "--set", init]) == 2
+    assert main(["run", str(TINY_RECIPE), "--run-dir", str(run_dir), "--set", init]) == 2
     assert "in_channels = 16" in capsys.readouterr().err
     assert not run_dir.exists()
-    assert main(["run", str(TINY), "--dry-run", "--set", init]) == 2
+    assert main(["run", str(TINY_RECIPE), "--dry-run", "--set", init]) == 2
     assert "in_channels = 16" in capsys.readouterr().err
 
 
@@ -309,22 +309,22 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_each_value_that_differs
     init = f"model.init={json.dumps('diffusers:' + str(bert_export))}"
     run_dir = tmp_path / "run"
     argv = ["--set", init, "--set", "model.preset=prx-tiny", *sum((["--set", s] for s in with_encoder(bert_dir)), [])]
-    assert main(["run", str(TINY), "--run-dir", str(run_dir), *argv]) == 2
+    assert main(["run", str(TINY_RECIPE), "--run-dir", str(run_dir), *argv]) == 2
     err = capsys.readouterr().err
     assert "hidden_size = 64 in the checkpoint, [model] hidden = 192 in the recipe" in err
     assert "depth = 4 in the checkpoint, [model] depth = 6" in err
     assert not run_dir.exists()
-    assert main(["run", str(TINY), "--dry-run", *argv, "--set", "text.dim=48"]) == 2
+    assert main(["run", str(TINY_RECIPE), "--dry-run", *argv, "--set", "text.dim=48"]) == 2
     assert "context_in_dim = 32 in the checkpoint, a 48-wide text encoder" in capsys.readouterr().err
 
 
 def test_dry_run_reports_a_checked_init_checkpoint(bert_export, capsys):
     init = f"model.init={json.dumps('diffusers:' + str(bert_export))}"
-    assert main(["run", str(TINY), "--dry-run", "--set", init, "--set", f"text.dim={TEXT_DIM}"]) == 0
+    assert main(["run", str(TINY_RECIPE), "--dry-run", "--set", init, "--set", f"text.dim={TEXT_DIM}"]) == 0
     expected = f"initial weights: {bert_export / 'transformer'} (shape checked against [model])"
     assert "".join(expected.split()) in "".join(capsys.readouterr().out.split())  # rich wraps long lines
 
 
 def test_an_unknown_init_value_is_a_recipe_error(capsys):
-    assert main(["run", str(TINY), "--dry-run", "--set", 'model.init="kaiming"']) == 2
+    assert main(["run", str(TINY_RECIPE), "--dry-run", "--set", 'model.init="kaiming"']) == 2
     assert "init = 'kaiming'" in capsys.readouterr().err

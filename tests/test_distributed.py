@@ -3,7 +3,7 @@ written with torch.distributed.checkpoint, resume after a crash and onto another
 count, rank-0-only output, and the export of the EMA weights.
 
 The runs are launched as a user launches them (``python -m torch.distributed.run ... -m prx_core
-run``) on ``tests/fixtures/tiny.toml`` and shared between the tests through a module-scoped
+run``) on ``prx_core/testing/tiny.toml`` and shared between the tests through a module-scoped
 cache, so each configuration trains once (about two minutes in all on 2 CPU cores). The tests at
 the end (metadata reader, tree split) are fast and run in-process.
 """
@@ -27,17 +27,23 @@ from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
 from prx_core.cli import export_cmd
 from prx_core.errors import CheckpointError
+from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
-from prx_core.recipe.loader import load_recipe
+from prx_core.testing import TINY_RECIPE
 from prx_core.text import load_text_encoder
 from prx_core.train.state import (
-    DCP_DIR, SafeReader, join_tensors, load_checkpoint, read_ema, read_full_state, split_tensors,
+    DCP_DIR,
+    SafeReader,
+    join_tensors,
+    load_checkpoint,
+    read_ema,
+    read_full_state,
+    split_tensors,
 )
 from prx_core.train.trainer import Trainer
 from prx_core.types import RunContext
 
-TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 CRASH = Path(__file__).parent / "distributed" / "crash_after_step.py"
 MIXED_PRECISION = Path(__file__).parent / "distributed" / "mixed_precision_check.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -64,7 +70,7 @@ def launch(command: list[str], what: str) -> str:
 
 def prx_run(run_dir: Path, settings: tuple[str, ...], processes: int, *extra: str) -> str:
     prefix = TORCHRUN if processes == 2 else [sys.executable]
-    return launch([*prefix, "-m", "prx_core", "run", str(TINY), "--run-dir", str(run_dir), "--plain",
+    return launch([*prefix, "-m", "prx_core", "run", str(TINY_RECIPE), "--run-dir", str(run_dir), "--plain",
                    *settings, *extra], f"prx run {' '.join(settings + extra)} on {processes} processes")
 
 
@@ -90,7 +96,7 @@ class Runs:
         """The FSDP run killed right after step 5; its latest checkpoint is step 3."""
         run_dir = self.root / "crashed"
         if not run_dir.exists():
-            done = subprocess.run([*TORCHRUN, str(CRASH), "5", str(TINY), "--run-dir", str(run_dir), "--plain", *FSDP],
+            done = subprocess.run([*TORCHRUN, str(CRASH), "5", str(TINY_RECIPE), "--run-dir", str(run_dir), "--plain", *FSDP],
                                   env=ENV, capture_output=True, text=True, timeout=300)
             assert done.returncode != 0 and "SIGKILL" in done.stderr, done.stderr[-3000:]
         return run_dir

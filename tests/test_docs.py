@@ -19,10 +19,10 @@ from torch import nn
 from prx_core import hookspecs
 from prx_core.effects import EFFECTS, documented_stages, hook_order_problems
 from prx_core.model.config import DenoiserConfig
+from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.registry import TRACKER_HOOK, discover
 from prx_core.techniques import HookTrace
-from prx_core.recipe.schema import Recipe, SampleConfig
-from prx_core.testing import matrix_recipe, train
+from prx_core.testing import TINY_RECIPE, matrix_recipe, train
 from prx_core.types import CostTerm, Phase, RunStart, Technique
 
 ROOT = Path(__file__).parents[1]
@@ -357,7 +357,7 @@ def test_the_tracker_hook_is_called_once_on_rank_0_after_set_up_and_its_sink_get
 
     monkeypatch.setenv("PRX_TRACE", "1")
     registry = discover(extra_modules=[tracker_probe_module()])
-    tiny = ROOT / "tests" / "fixtures" / "tiny.toml"
+    tiny = TINY_RECIPE
     run_dir = tmp_path / "run"
     for steps, resume in ((3, False), (6, True)):
         CALLS.clear()

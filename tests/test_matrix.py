@@ -11,14 +11,13 @@ selections that run; the rest of the 2^n subsets are marked ``slow``.
 """
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from prx_core.effects import effect_problems
 from prx_core.registry import discover
-from prx_core.testing import TINY_BASE_RECIPE, check_combination, combo_id, matrix_recipe, subsets
+from prx_core.testing import check_combination, combo_id, matrix_recipe, subsets
 
 REGISTRY = discover()
 NAMES = REGISTRY.training_techniques  # trackers observe a run and cannot change it: not in the matrix
@@ -34,12 +33,6 @@ def test_installed_techniques_load_and_declare_known_effects():
     assert REGISTRY.broken == (), REGISTRY.describe_broken()
     assert [problem for name in NAMES for problem in effect_problems(REGISTRY.techniques[name])] == []
     assert len(FAST) + len(SLOW) == 2 ** len(NAMES)
-
-
-def test_the_harness_base_recipe_is_the_tests_tiny_recipe(tiny_recipe):
-    """The harness ships its own copy of tests/fixtures/tiny.toml (a plugin author has no tests/
-    folder); the matrix must train the run every other end-to-end test trains."""
-    assert TINY_BASE_RECIPE == tomllib.loads(tiny_recipe.read_text())
 
 
 @pytest.mark.parametrize("names", FAST, ids=combo_id)

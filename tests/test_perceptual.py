@@ -9,7 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
@@ -25,13 +24,9 @@ MODEL = DenoiserConfig(hidden=32, depth=4, heads=2, mlp_ratio=2.0, patch=8, bott
 
 
 @pytest.fixture(scope="module")
-def dino_spec(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    config = Dinov2WithRegistersConfig(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-                                       num_register_tokens=4, image_size=28)
-    directory = tmp_path_factory.mktemp("dinov2reg")
-    Dinov2WithRegistersModel(config).save_pretrained(directory)
-    return f"hf:{directory}"
+def dino_spec(random_vits) -> str:
+    """A tiny DINOv2 with registers (patch 14) with random weights."""
+    return random_vits["dinov2_with_registers"][0]
 
 
 def images(batch: int = 4, side: int = 64, seed: int = 0) -> torch.Tensor:

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from prx_core import cli, registry as plugins
-from prx_core.techniques import ENV_TRACE, TechniqueSet
+from prx_core import cli
+from prx_core import registry as plugins
 from prx_core.errors import PluginError, RecipeError
 from prx_core.hookspecs import hookimpl
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
+from prx_core.techniques import ENV_TRACE, TechniqueSet
 from prx_core.types import OptimizerClaim, Phase, RunContext, Technique
 
 PHASE = Phase(name="p", steps=10, resolution=64, batch_size=2)

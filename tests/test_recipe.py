@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import functools
-import tomllib
 import types
 from pathlib import Path
 from typing import Literal
 
 import attrs
 import pytest
+import tomllib
 
-from prx_core import cli, registry as plugin_registry
+from prx_core import cli
+from prx_core import registry as plugin_registry
 from prx_core.hookspecs import hookimpl
 from prx_core.recipe.loader import dump_recipe_toml, load_recipe, recipe_path, recipe_sources, recipe_to_dict
 from prx_core.recipe.schema import Recipe

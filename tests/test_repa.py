@@ -11,17 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from prx_core import distributed as D
 from prx_core.data.loader import Batch
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.registry import discover
-from prx_core.techniques import TechniqueSet
 from prx_core.recipe.schema import ModelConfig, OptimConfig, Recipe
+from prx_core.registry import discover
 from prx_core.teachers import load_teacher, teacher_forward_flops
+from prx_core.techniques import TechniqueSet
 from prx_core.train.trainer import Trainer
 from prx_core.types import Conditioning, Phase, Route, RunContext, StepTensors
 from prx_repa import build_projector, projector_forward_flops, repa_loss
@@ -34,13 +33,9 @@ SIDE = 32  # a 4 x 4 token grid; the patch-16 teacher sees 64 px
 
 
 @pytest.fixture(scope="module")
-def teacher_spec(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    config = DINOv3ViTConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                             patch_size=16, num_register_tokens=4, image_size=64)
-    directory = tmp_path_factory.mktemp("dinov3")
-    DINOv3ViTModel(config).save_pretrained(directory)
-    return f"hf:{directory}"
+def teacher_spec(random_vits) -> str:
+    """A tiny DINOv3 (patch 16) with random weights."""
+    return random_vits["dinov3_vit"][0]
 
 
 @pytest.fixture(scope="module")

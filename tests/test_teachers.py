@@ -3,6 +3,7 @@ with random weights, saved, and loaded back by ``prx_core.teachers``; missing we
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 
@@ -12,15 +13,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from prx_repa.grid import teacher_tokens_on_grid
-from transformers import (
-    Dinov2Config,
-    Dinov2Model,
-    Dinov2WithRegistersConfig,
-    Dinov2WithRegistersModel,
-    DINOv3ViTConfig,
-    DINOv3ViTModel,
-)
+from transformers import DINOv3ViTConfig
 
 from prx_core.errors import RecipeError, WeightsNotFoundError
 from prx_core.teachers import (
@@ -40,43 +33,14 @@ from prx_core.teachers import (
     teacher_forward_flops,
     teacher_memory_format,
 )
+from prx_repa.grid import teacher_tokens_on_grid
 
-VITS = {
-    "dinov3": (DINOv3ViTModel, DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=2, patch_size=16, num_register_tokens=4,
-                                                image_size=64), 5),
-    "dinov2_registers": (Dinov2WithRegistersModel, Dinov2WithRegistersConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, num_register_tokens=4,
-        image_size=56), 5),
-    "dinov2": (Dinov2Model, Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-                                         image_size=56), 1),
-}
+PREFIX_TOKENS = {"dinov3_vit": 5, "dinov2_with_registers": 5, "dinov2": 1}
+"""CLS plus register tokens in front of the patch tokens, per model type."""
 
 
 def normalized(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-@pytest.fixture(scope="module")
-def saved_vits(tmp_path_factory):
-    """name -> (directory, reference model in eval mode, prefix tokens)."""
-    saved = {}
-    for name, (cls, config, prefix) in VITS.items():
-        torch.manual_seed(0)
-        model = cls(config).eval()
-        directory = tmp_path_factory.mktemp(name)
-        model.save_pretrained(directory)
-        saved[name] = (directory, model, prefix)
-    return saved
-
-
-@pytest.fixture(scope="module")
-def saved_effnet(tmp_path_factory):
-    torch.manual_seed(0)
-    model = timm.create_model("tf_efficientnet_lite0").eval()
-    path = tmp_path_factory.mktemp("effnet") / "lite0.pth"
-    torch.save(model.state_dict(), path)
-    return path, model
 
 
 # --- spec ---------------------------------------------------------------------------------------
@@ -103,23 +67,24 @@ def test_bad_spec_is_a_recipe_error_that_shows_the_syntax(text):
 # --- each architecture through the real loader --------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(VITS))
-def test_vit_teacher_loads_from_a_saved_directory_and_gives_normalised_patch_tokens(saved_vits, name):
-    directory, reference, prefix = saved_vits[name]
-    teacher = load_teacher(f"hf:{directory}")
-    assert isinstance(teacher, VitTeacher) and isinstance(teacher.network, VITS[name][0])
-    assert teacher.dim == 32 and teacher.patch == VITS[name][1].patch_size
+@pytest.mark.parametrize("name", sorted(PREFIX_TOKENS))
+def test_vit_teacher_loads_from_a_saved_directory_and_gives_normalised_patch_tokens(random_vits, name):
+    spec, reference = random_vits[name]
+    prefix = PREFIX_TOKENS[name]
+    teacher = load_teacher(spec)
+    assert isinstance(teacher, VitTeacher) and type(teacher.network) is type(reference)
+    assert teacher.dim == reference.config.hidden_size and teacher.patch == reference.config.patch_size
     images = torch.rand(2, 3, 4 * teacher.patch, 3 * teacher.patch)
     tokens = teacher.patch_tokens(images)
     assert teacher.grid_for(tuple(images.shape[-2:])) == (4, 3)
     expected = reference(pixel_values=normalized(images, IMAGENET_MEAN, IMAGENET_STD)).last_hidden_state[:, prefix:]
-    assert tokens.shape == (2, 12, 32)
+    assert tokens.shape == (2, 12, teacher.dim)
     torch.testing.assert_close(tokens, expected)
 
 
-def test_timm_teacher_loads_a_saved_state_dict(saved_effnet):
-    path, reference = saved_effnet
-    teacher = load_teacher(f"timm:tf_efficientnet_lite0@{path}")
+def test_timm_teacher_loads_a_saved_state_dict(random_effnet):
+    spec, reference = random_effnet
+    teacher = load_teacher(spec)
     assert isinstance(teacher, ConvTeacher) and not teacher.calibrated
     assert (teacher.dim, teacher.patch, teacher.strides) == (112, 16, [2, 4, 8, 16, 32])
     images = torch.rand(2, 3, 64, 48)
@@ -168,11 +133,11 @@ def test_lpips_vgg_teacher_loads_torchvision_weights_from_a_file(random_lpips_vg
         torch.testing.assert_close(weight, lin.model[-1].weight.flatten())
 
 
-def test_cnn_teachers_give_the_same_features_in_the_channels_last_layout_used_on_gpu(random_lpips_vgg, saved_effnet):
+def test_cnn_teachers_give_the_same_features_in_the_channels_last_layout_used_on_gpu(random_lpips_vgg, random_effnet):
     assert teacher_memory_format("cuda") == torch.channels_last
     assert teacher_memory_format("cpu") == torch.contiguous_format
     images = torch.rand(2, 3, 32, 32)
-    for spec in (f"lpips:vgg@{random_lpips_vgg[0]}", f"timm:tf_efficientnet_lite0@{saved_effnet[0]}"):
+    for spec in (f"lpips:vgg@{random_lpips_vgg[0]}", random_effnet[0]):
         teacher = load_teacher(spec)
         expected = teacher.stages(images)
         nhwc = teacher.to(memory_format=torch.channels_last)
@@ -193,8 +158,8 @@ def test_lpips_vgg_teacher_finds_the_torch_hub_cache(random_lpips_vgg, tmp_path,
     torch.testing.assert_close(teacher.network.slices[4][-2].weight, reference.net.slice5[-2].weight)
 
 
-def test_pooled_features_average_the_deepest_map(saved_vits, saved_effnet):
-    vit, cnn = load_teacher(f"hf:{saved_vits['dinov3'][0]}"), load_teacher(f"timm:tf_efficientnet_lite0@{saved_effnet[0]}")
+def test_pooled_features_average_the_deepest_map(random_vits, random_effnet):
+    vit, cnn = load_teacher(random_vits["dinov3_vit"][0]), load_teacher(random_effnet[0])
     images = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(vit.pooled(images), vit.patch_tokens(images).mean(dim=1))
     torch.testing.assert_close(cnn.pooled(images), cnn.stages(images)[-1].mean(dim=(2, 3)))
@@ -204,8 +169,8 @@ def test_pooled_features_average_the_deepest_map(saved_vits, saved_effnet):
 # --- frozen ---------------------------------------------------------------------------------------
 
 
-def test_teachers_are_frozen_and_pass_gradients_to_their_input_only(saved_vits, saved_effnet):
-    specs = [f"hf:{saved_vits['dinov3'][0]}", f"timm:tf_efficientnet_lite0@{saved_effnet[0]}"]
+def test_teachers_are_frozen_and_pass_gradients_to_their_input_only(random_vits, random_effnet):
+    specs = [random_vits["dinov3_vit"][0], random_effnet[0]]
     for teacher in map(load_teacher, specs):
         teacher.train()
         assert not any(module.training for module in teacher.modules())
@@ -233,8 +198,8 @@ def test_missing_weights_fail_with_one_message_saying_how_to_provide_them(spec, 
     assert f"Teacher '{parse_teacher_spec(spec)}'" in str(caught.value)
 
 
-def test_incomplete_hf_weights_are_an_error_not_random_weights(saved_vits, tmp_path):
-    directory, _, _ = saved_vits["dinov3"]
+def test_incomplete_hf_weights_are_an_error_not_random_weights(random_vits, tmp_path):
+    directory = Path(parse_teacher_spec(random_vits["dinov3_vit"][0]).name)
     for file in directory.iterdir():
         (tmp_path / file.name).write_bytes(file.read_bytes())
     config = DINOv3ViTConfig.from_pretrained(tmp_path)
@@ -244,35 +209,35 @@ def test_incomplete_hf_weights_are_an_error_not_random_weights(saved_vits, tmp_p
         load_teacher(f"hf:{tmp_path}")
 
 
-def test_weights_of_another_architecture_are_rejected(saved_effnet):
+def test_weights_of_another_architecture_are_rejected(random_effnet):
     with pytest.raises(WeightsNotFoundError, match="does not hold weights for timm 'resnet18'"):
-        load_teacher(f"timm:resnet18@{saved_effnet[0]}")
+        load_teacher(f"timm:resnet18@{parse_teacher_spec(random_effnet[0]).weights}")
 
 
 # --- grid alignment and cost ----------------------------------------------------------------------
 
 
-def test_tokens_on_grid_resize_the_image_to_the_teachers_patch_or_resample_the_features(saved_vits, saved_effnet):
-    vit = load_teacher(f"hf:{saved_vits['dinov3'][0]}")
+def test_tokens_on_grid_resize_the_image_to_the_teachers_patch_or_resample_the_features(random_vits, random_effnet):
+    vit = load_teacher(random_vits["dinov3_vit"][0])
     images = torch.rand(2, 3, 32, 24)
     grid = (4, 3)  # a patch-8 denoiser on 32 x 24 px
     expected = vit.patch_tokens(F.interpolate(images, size=(64, 48), mode="bilinear", align_corners=False))
     torch.testing.assert_close(teacher_tokens_on_grid(vit, images, grid), expected)
 
-    cnn = load_teacher(f"timm:tf_efficientnet_lite0@{saved_effnet[0]}")
+    cnn = load_teacher(random_effnet[0])
     own = cnn.stages(images)[3]  # stride 16: 2 x 2 at the image's own size
     expected = F.interpolate(own, size=grid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
     torch.testing.assert_close(teacher_tokens_on_grid(cnn, images, grid, input_scale=1.0), expected)
 
 
-def test_forward_flops_are_counted_on_the_meta_device_without_weights(saved_vits):
+def test_forward_flops_are_counted_on_the_meta_device_without_weights(random_vits):
     """The tiny DINOv3 at 64 px: 16 patches + CLS + 4 registers; patch embedding, per layer the
     q, k, v, out and MLP matmuls and attention (2 FLOPs per multiply-add)."""
-    config = VITS["dinov3"][1]
+    spec, model = random_vits["dinov3_vit"]
+    config = model.config
     h, mlp, patches, tokens = config.hidden_size, config.intermediate_size, 16, 21
     embed = 2 * patches * 3 * 16 * 16 * h
     layer = tokens * (2 * 4 * h * h + 2 * 2 * h * mlp) + 2 * 2 * tokens * tokens * h
-    spec = f"hf:{saved_vits['dinov3'][0]}"
     assert teacher_forward_flops(spec, (64, 64)) == embed + config.num_hidden_layers * layer
     # The recipe's DINOv3 ViT-L/16 is not on this machine: its shape is known, its cost too.
     dinov3 = "hf:facebook/dinov3-vitl16-pretrain-lvd1689m"

@@ -19,19 +19,18 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
+from prx_core.objective import v_space_loss
 from prx_core.registry import ENV_ONLY, discover
 from prx_core.techniques import ENV_TRACE
-from prx_core.objective import v_space_loss
-from prx_core.testing import check_combination, matrix_recipe
+from prx_core.testing import TINY_RECIPE, check_combination, matrix_recipe
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "prx-minsnr"
-TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 
 BROKEN = {
     "prx_broken_import": 'raise ImportError("needs libfoo, which is not installed")\n',
@@ -181,7 +180,7 @@ def test_cli_lists_broken_plugins_and_runs_a_recipe_with_the_example(wheel_site,
     report = json.loads(only.stdout)
     assert [t["name"] for t in report["techniques"]] == ["cfg", "minsnr"] and report["broken"] == []
 
-    run = prx("run", str(TINY), "--set", 'plugins=["minsnr", "cfg"]', "--set", "train.steps=2",
+    run = prx("run", str(TINY_RECIPE), "--set", 'plugins=["minsnr", "cfg"]', "--set", "train.steps=2",
               "--set", "minsnr.gamma=4.0", "--run-dir", str(tmp_path / "run"), "--plain",
               site=site, cwd=tmp_path, PRX_TRACE="1")
     assert run.returncode == 0, run.stderr[-3000:]

@@ -20,11 +20,11 @@ import pytest
 from prx_core import hookspecs
 from prx_core import registry as plugins
 from prx_core.cli import main
-from prx_core.testing import subsets
+from prx_core.testing import TINY_RECIPE, subsets
 from prx_core.types import Technique
 
 ROOT = Path(__file__).parents[1]
-TINY = ROOT / "tests" / "fixtures" / "tiny.toml"
+TINY = TINY_RECIPE
 KILL = ROOT / "tests" / "trackers" / "kill_after_logged_step.py"
 STEPS, KILLED_AT = 8, 6  # checkpoints at 3 and 6; the kill comes after step 6, before its checkpoint
 CHECKPOINT = 3

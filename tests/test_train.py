@@ -30,18 +30,18 @@ from prx_core.plan import plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
+from prx_core.testing import TINY_RECIPE
 from prx_core.text import load_text_encoder
 from prx_core.train.trainer import Trainer
 from prx_core.types import RunContext
 
-TINY = Path(__file__).parent / "fixtures" / "tiny.toml"
 METRIC_KEYS = {"step", "phase", "wall_s", "loss", "loss/diffusion", "lr", "grad_norm", "images_per_s", "step_ms",
                "peak_mem_mb"}
 PROMPT_KEYS = {"overall", *ATTRIBUTES}
 
 
 def prx_run(run_dir: Path, *settings: str, resume: bool = False) -> int:
-    argv = ["run", str(TINY), "--run-dir", str(run_dir), "--plain"]
+    argv = ["run", str(TINY_RECIPE), "--run-dir", str(run_dir), "--plain"]
     argv += [a for s in settings for a in ("--set", s)]
     return main(argv + (["--resume"] if resume else []))
 
@@ -268,7 +268,7 @@ def test_prx_eval_writes_eval_json_into_the_run_folder(tiny_run, tmp_path):
 
 def make_trainer(*overrides: str) -> Trainer:
     registry = discover()
-    recipe = load_recipe(TINY, overrides, registry)
+    recipe = load_recipe(TINY_RECIPE, overrides, registry)
     info = D.init_distributed(recipe.distributed, "cpu")
     techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, device=info.device))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, info.device), info)
@@ -321,7 +321,7 @@ def test_caption_dropout_replaces_conditioning_by_the_empty_prompt(dropout):
 def test_sigint_checkpoints_and_exits_and_resume_continues_exactly(tmp_path):
     run_dir = tmp_path / "run"
     settings = ["train.checkpoint_every=100000"]
-    command = [sys.executable, "-m", "prx_core", "run", str(TINY), "--run-dir", str(run_dir), "--plain",
+    command = [sys.executable, "-m", "prx_core", "run", str(TINY_RECIPE), "--run-dir", str(run_dir), "--plain",
                "--set", "train.steps=100000", *[a for s in settings for a in ("--set", s)]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

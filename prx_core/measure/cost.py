@@ -247,7 +247,6 @@ def estimate_cost(
             return sum(line.flops for line in lines)
 
         lines = phase_lines(technique_set, model_config, phase, text_tokens)
-        flops = sum(line.flops for line in lines)
         phase_mfu, source = _phase_mfu(phase, _active(technique_set, phase), flops_at, peak, mfu, measured)
         image_tokens = tokens_for(phase.resolution, model_config.patch)
         phases.append(PhaseCost(phase.name, phase.resolution, image_tokens, text_tokens, phase.batch_size,

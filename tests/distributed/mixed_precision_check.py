@@ -16,8 +16,6 @@ Prints ``mixed precision check passed`` on rank 0 when every check holds.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -29,11 +27,11 @@ from prx_core.plan import plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
+from prx_core.testing import TINY_RECIPE
 from prx_core.text import load_text_encoder
 from prx_core.train.trainer import Trainer
 from prx_core.types import Conditioning, RunContext
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny.toml"
 STEPS = 3
 # bf16-gathered against fp32-gathered weights: autocast rounds every matmul weight to bf16 as the
 # gather does, but the RMSNorm scales (elementwise, fp32 under autocast) are rounded too. Observed
@@ -45,7 +43,7 @@ REL_UPDATE = 0.1  # |update (bf16 gathered) - update (fp32 gathered)| / |update|
 
 def build(info: D.DistInfo, strategy: str) -> Trainer:
     registry = discover()
-    recipe = load_recipe(TINY, ['plugins=["tread"]', "tread.routes=[{start = 1, end = 2, keep = 0.5}]",
+    recipe = load_recipe(TINY_RECIPE, ['plugins=["tread"]', "tread.routes=[{start = 1, end = 2, keep = 0.5}]",
                                 "train.precision=bf16", f"distributed.strategy={strategy}"], registry)
     techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, info.rank, info.world_size,
                                                            info.device, lambda message: None))

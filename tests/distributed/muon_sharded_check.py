@@ -33,12 +33,12 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-from prx_core.model.config import PRESETS, DenoiserConfig
-from prx_core.model.denoiser import PRXDenoiser
-from prx_muon.optimizer import Muon
 from prx_core.distributed import exit_process
 from prx_core.errors import RecipeError
+from prx_core.model.config import PRESETS, DenoiserConfig
+from prx_core.model.denoiser import PRXDenoiser
 from prx_core.types import RunContext
+from prx_muon.optimizer import Muon
 from prx_muon.plugin import MuonConfig, MuonTechnique, block_matrices
 
 SETTINGS = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0)

@@ -40,10 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import timm
 import tomli_w
 import torch
-from transformers import Dinov2Config, Dinov2Model
 
 from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager, load_state
@@ -58,6 +56,7 @@ from prx_core.recipe.errors_format import names_list
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import Registry, discover
 from prx_core.techniques import TechniqueSet
+from prx_core.testing.teachers import write_tiny_teachers
 from prx_core.text import load_text_encoder
 from prx_core.train.loop import resolve_guidance, sampling_model
 from prx_core.train.trainer import Trainer
@@ -65,24 +64,12 @@ from prx_core.types import Phase, RunContext
 
 STEPS = 4
 """Training steps of every matrix run."""
+TINY_RECIPE = Path(__file__).with_name("tiny.toml")
+"""The smallest complete run (4-block ``prx-test`` model, 32 px scenes, random text embeddings),
+which the matrix recipe extends and prx's own end-to-end tests use."""
 RESUME_AT = 3
 """The step of the checkpoint a run resumes from: inside the second phase, so the resumed run
 restarts that phase at its checkpoint step."""
-
-TINY_BASE_RECIPE: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 0,
-    "plugins": [],
-    "model": {"preset": "prx-test"},
-    "text": {"encoder": "none", "dim": 32, "max_length": 8},
-    "data": {"resolution": 32, "buckets": False, "sources": [{"kind": "scenes"}]},
-    "optim": {"lr": 1e-3, "warmup_steps": 2, "grad_clip": 1.0, "ema_decay": 0.9, "ema_every": 1},
-    "train": {"steps": 6, "batch_size": 8, "log_every": 1, "sample_every": 0, "checkpoint_every": 3},
-    "sample": {"steps": 4, "preview_steps": 2, "num_prompts": 4},
-    "eval": {"num_prompts": 4, "steps": 2, "distribution_metrics": []},
-}
-"""The smallest complete run (4-block model, 32 px scenes, random text embeddings), which the
-matrix recipe extends; prx's tests keep it equal to their ``tests/fixtures/tiny.toml``."""
 
 TINY_TABLES: dict[str, dict[str, Any]] = {
     "multires": {"phases": [{"name": "32px", "resolution": 32, "batch_size": 4, "steps": 2},
@@ -139,26 +126,11 @@ def combo_id(names: Sequence[str]) -> str:
     return "+".join(names) or "none"
 
 
-def write_tiny_teachers(folder: Path) -> dict[str, str]:
-    """Save the tiny random teachers into ``folder`` and return the teacher spec of each
-    placeholder of :data:`TINY_TABLES` (``"{vit}"``: a 2-layer DINOv2 loaded through
-    ``transformers``; ``"{cnn}"``: timm's ``test_efficientnet``). The weights depend only on the
-    seed, and the caller's global RNG is left as it was."""
-    folder = Path(folder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        vit = Dinov2Config(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-                           patch_size=14, image_size=28)
-        Dinov2Model(vit).save_pretrained(folder / "vit")
-        torch.save(timm.create_model("test_efficientnet").state_dict(), folder / "cnn.pth")
-    return {"{vit}": f"hf:{folder / 'vit'}", "{cnn}": f"timm:test_efficientnet@{folder / 'cnn.pth'}"}
-
-
 def matrix_recipe(folder: Path, tables: Mapping[str, Mapping[str, Any]] | None = None,
                   registry: Registry | None = None) -> Path:
     """Write the matrix recipe into ``folder`` and return its path.
 
-    The recipe extends :data:`TINY_BASE_RECIPE` (written next to it), trains :data:`STEPS` steps of
+    The recipe extends :data:`TINY_RECIPE`, trains :data:`STEPS` steps of
     4 images, and has the table of :data:`TINY_TABLES` for each of its techniques that
     ``registry`` (default: the installed ones) knows, plus ``tables``, which add or replace tables
     by technique name (a plugin whose defaults do not fit the tiny model passes its table here).
@@ -172,10 +144,8 @@ def matrix_recipe(folder: Path, tables: Mapping[str, Mapping[str, Any]] | None =
     filled = {name: {key: teachers.get(value, value) if isinstance(value, str) else value
                      for key, value in table.items()}
               for name, table in chosen.items()}
-    base = folder / "tiny.toml"
-    base.write_text(tomli_w.dumps(TINY_BASE_RECIPE))
     path = folder / "matrix.toml"
-    path.write_text(tomli_w.dumps({"extends": str(base), "train": {"steps": STEPS, "batch_size": 4}, **filled}))
+    path.write_text(tomli_w.dumps({"extends": str(TINY_RECIPE), "train": {"steps": STEPS, "batch_size": 4}, **filled}))
     return path
 
 
