@@ -58,13 +58,14 @@ def prx_register_techniques() -> list[Technique]:
 
 
 @hookspec
-def prx_check_recipe(recipe: Any, active: tuple[str, ...]) -> list[str]:
+def prx_check_recipe(recipe: Any, active: tuple[str, ...], model_config: Any) -> list[str]:
     """Return problems with the recipe that only this technique can see (empty list if none).
 
-    ``active`` is the sorted tuple of selected technique names. Declared roles, conflicts and
-    requirements are checked by the core already; use this for value-level rules such as
-    "the captured block lies inside a route". Called before any compute; each message should
-    name the recipe table and key and say what to change.
+    ``active`` is the sorted tuple of selected technique names; ``model_config`` the resolved
+    :class:`prx_core.model.config.DenoiserConfig` (depth, patch, hidden width, ...). Declared
+    roles, conflicts and requirements are checked by the core already; use this for value-level
+    rules such as "the aligned block is a block of the model". Called before any compute; each
+    message should name the key and say what to change.
     """
 
 
@@ -83,17 +84,18 @@ def prx_cost(model_config: Any, phase: Phase, text_tokens: int) -> list[CostTerm
 
     ``model_config`` is the resolved :class:`prx_core.model.config.DenoiserConfig`;
     ``text_tokens`` the text length used for the estimate. Used by ``--dry-run``, ``prx cost``
-    and the metrics' FLOP counter.
+    and ``prx bench`` (MFU).
     """
 
 
 @hookspec
-def prx_configure_model(model: nn.Module, recipe: Any) -> dict[str, nn.Module]:
+def prx_configure_model(model: nn.Module, recipe: Any, model_config: Any) -> dict[str, nn.Module]:
     """Return training-only modules to attach to the model, by name (e.g. a REPA projector).
 
     The core stores them under ``model.extras[name]`` so they are checkpointed, wrapped for
     DDP/FSDP and given to an optimizer like every other parameter. Called once, after the
-    denoiser is built and before optimizers are made.
+    denoiser is built and before optimizers are made; ``model_config`` is the denoiser's
+    resolved config (the one ``prx_check_recipe`` got).
     """
 
 
@@ -142,8 +144,11 @@ def prx_capture_blocks(phase: Phase, model_config: Any) -> list[int]:
 
 
 @hookspec
-def prx_auxiliary_losses(phase: Phase, model: nn.Module) -> list[AuxiliaryLoss]:
+def prx_auxiliary_losses(phase: Phase, model: nn.Module, model_config: Any) -> list[AuxiliaryLoss]:
     """Return the auxiliary losses computed on every training step of ``phase``.
+
+    ``model`` is the denoiser with its ``extras`` (the modules ``prx_configure_model`` attached);
+    ``model_config`` its resolved config.
 
     Each returns ``{term: weighted scalar}``; the core sums them into the objective and logs
     each term (and its share of step time) in ``metrics.jsonl``.

@@ -12,7 +12,7 @@ from prx_core.distributed import pick_device
 from prx_core.errors import CheckpointError
 from prx_core.export import read_export
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.plan import plan_phases
+from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
 from prx_core.registry import Registry, discover
@@ -59,13 +59,13 @@ def load_for_sampling(checkpoint: str | Path, overrides: tuple[str, ...] = (), d
         weights, step = read_ema(folder)
     dev = pick_device(device if device != "auto" else recipe.train.device)
     text_encoder = load_text_encoder(recipe.text, dev)
-    config = recipe.model.resolve(text_encoder.dim)
+    config = model_config(recipe, text_encoder.dim)
     model = PRXDenoiser(config, init=recipe.model.init_scheme).to(dev)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any(not k.startswith("extras.") for k in missing):
         raise CheckpointError(f"checkpoint {folder} does not match the recipe's model ({recipe.model.preset}): "
                               f"missing {missing[:3]}, unexpected {unexpected[:3]}.")
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, device=dev))
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, device=dev), config)
     phases = plan_phases(recipe, techniques)
     last = phases[-1]
     router = single(techniques.call("prx_routing", phase=last, model_config=config), "prx_routing")

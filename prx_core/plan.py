@@ -1,6 +1,6 @@
-"""The plan of a run, decided before any compute: its phases, how each phase's global batch splits
-into micro-batches and accumulation steps, and the model's parameter count. The cost of the plan
-is :mod:`prx_core.measure.cost`."""
+"""The plan of a run, decided before any compute: the model's resolved shape, the phases, how each
+phase's global batch splits into micro-batches and accumulation steps, and the parameter count.
+The cost of the plan is :mod:`prx_core.measure.cost`."""
 from __future__ import annotations
 
 import torch
@@ -8,9 +8,21 @@ import torch
 from prx_core.errors import RecipeError
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.techniques import TechniqueSet
+from prx_core.recipe.errors_format import where
 from prx_core.recipe.schema import Recipe
+from prx_core.techniques import TechniqueSet
+from prx_core.text import text_width
 from prx_core.types import Phase
+
+
+def model_config(recipe: Recipe, text_dim: int | None = None) -> DenoiserConfig:
+    """The denoiser's shape: the ``[model]`` preset with the recipe's overrides, for text embeddings
+    ``text_dim`` wide (default: :func:`prx_core.text.text_width`). Every hook that needs the
+    model's shape gets this object."""
+    try:
+        return recipe.model.resolve(text_dim if text_dim is not None else text_width(recipe.text))
+    except ValueError as err:
+        raise RecipeError(f"{where(recipe, 'model')}: [model] {err}; change hidden or heads.") from None
 
 
 def plan_phases(recipe: Recipe, techniques: TechniqueSet) -> list[Phase]:

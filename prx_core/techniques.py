@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from prx_core.errors import PluginError, RecipeError
+from prx_core.model.config import DenoiserConfig
 from prx_core.recipe.errors_format import where
 from prx_core.registry import HOOK_NAMES, Registry, hook_problems, new_manager, qualname, selection_problems, spec_args
 from prx_core.types import Conditioning, Guidance, OptimizerClaim, Phase, Predict, RunContext, Technique
@@ -64,9 +65,14 @@ class TracedGuidance:
 
 
 class TechniqueSet:
-    """The techniques one run uses: structured configs, instances, a pluggy manager, the hook trace."""
+    """The techniques one run uses: structured configs, instances, a pluggy manager, the hook trace.
 
-    def __init__(self, recipe: Any, registry: Registry, context: RunContext) -> None:
+    ``model_config`` is the run's resolved :class:`~prx_core.model.config.DenoiserConfig`
+    (:func:`prx_core.plan.model_config`); the hooks that need the model's shape get it.
+    """
+
+    def __init__(self, recipe: Any, registry: Registry, context: RunContext, model_config: DenoiserConfig) -> None:
+        self.model_config = model_config
         location = where(recipe, "plugins")
         problems = selection_problems(recipe.plugins, registry, location)
         if problems:
@@ -93,7 +99,7 @@ class TechniqueSet:
             self.pm.check_pending()
         except pluggy.PluginValidationError as err:
             raise PluginError(" ".join(str(err).split())) from None
-        checks = self.call("prx_check_recipe", recipe=recipe, active=self.names)
+        checks = self.call("prx_check_recipe", recipe=recipe, active=self.names, model_config=model_config)
         found = [f"{where(recipe, name)}: {name}: {_sentence(text)}" for name, texts in checks for text in texts]
         if found:
             raise RecipeError("\n\n".join(found))

@@ -82,6 +82,14 @@ class TextEncoder(nn.Module):
         return Conditioning(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
 
 
+def _not_loaded(spec: str, err: BaseException) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"text encoder '{spec}' could not be loaded ({str(err).splitlines()[0]}). Download it once with "
+        f"`huggingface-cli download {spec}` on a machine with network access, or set [text] encoder to a "
+        f"local directory holding its config, tokenizer and weights."
+    )
+
+
 @lru_cache(maxsize=4)
 def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_size: int, autocast: bool,
           clean: str) -> TextEncoder:
@@ -97,11 +105,7 @@ def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_si
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local or offline)
         model = AutoModel.from_pretrained(location, local_files_only=local or offline)
     except (OSError, ValueError) as err:
-        raise WeightsNotFoundError(
-            f"text encoder '{spec}' could not be loaded ({str(err).splitlines()[0]}). Download it once with "
-            f"`huggingface-cli download {spec}` on a machine with network access, or set [text] encoder to a "
-            f"local directory holding its config, tokenizer and weights."
-        ) from None
+        raise _not_loaded(spec, err) from None
     encoder_model = model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model
     dtype = getattr(torch, dtype_name)
     encoder = TextEncoder(encoder_model, tokenizer, spec, max_length, dtype, cache_size, autocast=autocast,
@@ -109,11 +113,36 @@ def _load(spec: str, max_length: int, dtype_name: str, device_str: str, cache_si
     return encoder.to(torch.device(device_str))
 
 
-def check_declared_dim(config: TextConfig, encoder) -> None:
-    """A recipe that states [text] dim (for planning) must match the encoder it loads."""
-    if config.dim is not None and config.dim != encoder.dim:
-        raise RecipeError(f"[text] dim = {config.dim} but the encoder '{config.encoder}' outputs {encoder.dim}: "
-                          f"fix or remove [text] dim.")
+def text_width(config: TextConfig) -> int:
+    """The width of the encoder's embeddings, known before it loads: ``[text] dim`` when the recipe
+    states it, else the hidden size in the encoder's config file (read from its directory or the
+    local cache, no weights), so that a run is planned and validated before anything heavy loads."""
+    if config.dim is not None:
+        return config.dim
+    if config.encoder == "none":
+        raise RecipeError('[text] encoder = "none" (random embeddings) needs [text] dim, e.g. dim = 2304.')
+    from transformers import AutoConfig
+
+    location = local_location(config.encoder, f"text encoder '{config.encoder}'")
+    try:
+        encoder_config = AutoConfig.from_pretrained(location, local_files_only=os.path.isdir(location) or hub_offline())
+    except (OSError, ValueError) as err:
+        hint = " To plan a run without it (--dry-run, prx cost), set [text] dim to the width of its embeddings."
+        raise WeightsNotFoundError(f"{_not_loaded(config.encoder, err)}{hint}") from None
+    if encoder_config.is_encoder_decoder:  # the encoder half is what encodes the captions
+        encoder_config = getattr(encoder_config, "encoder", encoder_config)
+    width = getattr(encoder_config, "hidden_size", None)
+    if not isinstance(width, int):
+        raise RecipeError(f"the config of the text encoder '{config.encoder}' states no hidden_size: set [text] dim "
+                          "to the width of its embeddings.")
+    return width
+
+
+def check_text_width(config: TextConfig, planned: int, encoder) -> None:
+    """The loaded ``encoder`` must output the width the run was planned for (:func:`text_width`)."""
+    if encoder.dim != planned:
+        stated = f"[text] dim = {config.dim}" if config.dim is not None else f"the run was planned for {planned}"
+        raise RecipeError(f"{stated} but the encoder '{config.encoder}' outputs {encoder.dim}: fix or remove [text] dim.")
 
 
 class RandomTextEncoder(nn.Module):

@@ -328,7 +328,7 @@ def test_prx_ablate_and_report_commands(tmp_path, fake_run, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     launcher, read_calls = fake_run
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text('name = "tiny"\nseed = 7\n[model]\npreset = "prx-test"\n[train]\nsteps = 2\n')
+    recipe.write_text('name = "tiny"\nseed = 7\n[model]\npreset = "prx-test"\n[text]\ndim = 32\n[train]\nsteps = 2\n')
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     ablate_cmd.register(sub)

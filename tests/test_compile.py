@@ -13,7 +13,7 @@ from prx_core.measure.bench import BenchShape, synthetic_batch
 from prx_core.measure.host_sync import HostReads, host_sync_sites
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.plan import plan_phases
+from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
@@ -107,7 +107,7 @@ def build_trainer(plugins: str) -> Trainer:
     registry = discover()
     recipe = load_recipe(TINY_RECIPE, [f"plugins={plugins}"], registry)
     device = torch.device("cpu")
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, 0, 1, device, lambda message: None))
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, 0, 1, device, lambda message: None), model_config(recipe))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, device), D.DistInfo(0, 1, 0, "none", device))
     trainer.start_phase(plan_phases(recipe, techniques)[0], 0)
     return trainer

@@ -14,7 +14,7 @@ from torch._dynamo.testing import CompileCounter
 from prx_core import distributed as D
 from prx_core.measure.bench import BenchShape, synthetic_batch
 from prx_core.objective import add_noise, v_space_loss
-from prx_core.plan import plan_phases
+from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
@@ -40,7 +40,7 @@ def build_trainer(overrides: list[str], compiled: bool) -> Trainer:
     registry = discover()
     recipe = load_recipe(TINY_RECIPE, [*overrides, f"train.compile={'true' if compiled else 'false'}"], registry)
     device = torch.device("cpu")
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, 0, 1, device, lambda message: None))
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, 0, 1, device, lambda message: None), model_config(recipe))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, device), D.DistInfo(0, 1, 0, "none", device))
     trainer.start_phase(plan_phases(recipe, techniques)[0], 0)
     return trainer

@@ -28,9 +28,11 @@ DENSE_1024 = 3 * (16 * (1024 * 93_126_656 + 3_288_334_336 + 4 * 1024 * 1280 * 17
 
 
 class FakeTechniques:
-    """The TechniqueSet interface the cost model uses: ``names`` and ``call``."""
+    """The TechniqueSet interface the cost model uses: ``names``, ``model_config`` (PRX-1.2B with
+    T5Gemma's 2304-wide text) and ``call``."""
 
     def __init__(self, terms: dict[str, list[CostTerm]], phases: list[Phase] | None = None):
+        self.model_config = recipe().model.resolve(2304)
         self.terms = terms
         self.phases = phases
         self.names = tuple(sorted(terms))

@@ -71,6 +71,7 @@ def test_technique_declaration_and_hook():
 
 
 def test_recipe_table_structures_into_the_schedule(tmp_path):
+    from prx_core.plan import model_config
     from prx_core.recipe.loader import load_recipe
     from prx_core.registry import discover
     from prx_core.techniques import TechniqueSet
@@ -83,7 +84,7 @@ def test_recipe_table_structures_into_the_schedule(tmp_path):
         '  { name = "b", resolution = 64, batch_size = 4, steps = 2 },\n]\n'
     )
     recipe = load_recipe(path)
-    techniques = TechniqueSet(recipe, discover(), RunContext(recipe=recipe))
+    techniques = TechniqueSet(recipe, discover(), RunContext(recipe=recipe), model_config(recipe, 8))
     ((name, phases),) = techniques.call("prx_resolution_schedule", recipe=recipe)
     assert name == "multires"
     assert [(p.name, p.resolution, p.batch_size, p.steps) for p in phases] == [("a", 32, 8, 3), ("b", 64, 4, 2)]

@@ -27,6 +27,7 @@ from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
 from prx_core.cli import export_cmd
 from prx_core.errors import CheckpointError
+from prx_core.plan import model_config
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
@@ -225,7 +226,7 @@ def test_fsdp_checkpoint_resumes_on_one_process(runs):
     # Loaded into a one-process trainer, model, EMA and optimizer state are exactly the saved ones.
     recipe = load_recipe(crashed / "recipe.toml", (), discover())
     info = D.DistInfo(0, 1, 0, "none", torch.device("cpu"))
-    techniques = TechniqueSet(recipe, discover(), RunContext(recipe, recipe.seed, device=info.device))
+    techniques = TechniqueSet(recipe, discover(), RunContext(recipe, recipe.seed, device=info.device), model_config(recipe))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, info.device), info)
     state = load_checkpoint(trainer, folder, info)
     assert trainer.step == 3 and len(state["loader"]["ranks"]) == 2

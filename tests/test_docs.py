@@ -111,8 +111,8 @@ class Probe:
         CALLS.append((hook, arguments))
 
     @hookspecs.hookimpl
-    def prx_check_recipe(self, recipe, active):
-        self._seen("prx_check_recipe", recipe=recipe, active=active)
+    def prx_check_recipe(self, recipe, active, model_config):
+        self._seen("prx_check_recipe", recipe=recipe, active=active, model_config=model_config)
         return []
 
     @hookspecs.hookimpl
@@ -126,8 +126,8 @@ class Probe:
         return [CostTerm("probe", 0.0)]
 
     @hookspecs.hookimpl
-    def prx_configure_model(self, model, recipe):
-        self._seen("prx_configure_model", model=model, recipe=recipe)
+    def prx_configure_model(self, model, recipe, model_config):
+        self._seen("prx_configure_model", model=model, recipe=recipe, model_config=model_config)
         return {}
 
     @hookspecs.hookimpl
@@ -149,8 +149,8 @@ class Probe:
         return []
 
     @hookspecs.hookimpl
-    def prx_auxiliary_losses(self, phase, model):
-        self._seen("prx_auxiliary_losses", phase=phase, model=model)
+    def prx_auxiliary_losses(self, phase, model, model_config):
+        self._seen("prx_auxiliary_losses", phase=phase, model=model, model_config=model_config)
         return []
 
     @hookspecs.hookimpl

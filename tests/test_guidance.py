@@ -175,4 +175,4 @@ def test_the_plugin_manager_refuses_two_guidance_techniques():
     assert "requires tread" in missing
     assert selection_problems(["tread", "tread_guidance"], registry, "the recipe") == []
     with pytest.raises(RecipeError, match="guidance"):
-        TechniqueSet(Recipe(plugins=["cfg", "tread", "tread_guidance"]), registry, RunContext(recipe=Recipe()))
+        TechniqueSet(Recipe(plugins=["cfg", "tread", "tread_guidance"]), registry, RunContext(recipe=Recipe()), SMALL)

@@ -22,6 +22,7 @@ from prx_core.techniques import ENV_TRACE, TechniqueSet
 from prx_core.types import OptimizerClaim, Phase, RunContext, Technique
 
 PHASE = Phase(name="p", steps=10, resolution=64, batch_size=2)
+MODEL = Recipe().model.resolve(text_dim=8)
 
 
 # --- fake techniques ------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def _registry(*modules: object) -> plugins.Registry:
 
 def _set(names: list[str], registry: plugins.Registry | None = None, log=print, **techniques) -> TechniqueSet:
     recipe = Recipe(plugins=names, techniques=techniques)
-    return TechniqueSet(recipe, registry or _registry(), RunContext(recipe=recipe, log=log))
+    return TechniqueSet(recipe, registry or _registry(), RunContext(recipe=recipe, log=log), MODEL)
 
 
 # --- discovery through real entry points ----------------------------------------------------
@@ -268,7 +269,7 @@ def test_two_techniques_sharing_a_role(tmp_path):
     registry = _registry()
     recipe = load_recipe(tmp_path / "r.toml", registry=registry)
     with pytest.raises(RecipeError, match=r"r\.toml: plugins selects two guidance techniques: beta and gamma; keep"):
-        TechniqueSet(recipe, registry, RunContext(recipe=recipe))
+        TechniqueSet(recipe, registry, RunContext(recipe=recipe), MODEL)
 
 
 def test_declared_conflict_and_missing_requirement():

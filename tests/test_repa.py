@@ -17,6 +17,7 @@ from prx_core.data.loader import Batch
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
+from prx_core.plan import model_config
 from prx_core.recipe.schema import ModelConfig, OptimConfig, Recipe
 from prx_core.registry import discover
 from prx_core.teachers import load_teacher, teacher_forward_flops
@@ -159,10 +160,11 @@ def test_registration_declares_the_loss_term_and_the_module():
 
 
 def test_check_recipe_keeps_the_block_inside_the_model_and_reads_the_teacher():
-    recipe = Recipe(model=ModelConfig(preset="prx-test"))  # 4 blocks
-    assert Repa(RepaConfig(block=3), context(recipe)).prx_check_recipe(recipe, ("repa",)) == []
+    recipe = Recipe(model=ModelConfig(preset="prx-test"))
+    four_blocks = recipe.model.resolve(text_dim=8)
+    assert Repa(RepaConfig(block=3), context(recipe)).prx_check_recipe(model_config=four_blocks) == []
     problems = Repa(RepaConfig(block=4, teacher="dinov3", input_scale=0.0), context(recipe)).prx_check_recipe(
-        recipe, ("repa",))
+        model_config=four_blocks)
     assert len(problems) == 3
     assert "block = 4" in problems[0] and "0..3" in problems[0]
     assert problems[1].startswith("teacher:") and "input_scale" in problems[2]
@@ -172,7 +174,7 @@ def test_hooks_attach_the_projector_capture_the_block_and_return_the_loss(teache
     lines: list[str] = []
     plugin = Repa(RepaConfig(teacher=teacher_spec, block=1, projector_dim=16), context(lines=lines))
     model = random_model()
-    modules = plugin.prx_configure_model(model=model, recipe=Recipe())
+    modules = plugin.prx_configure_model(model_config=MODEL)
     projector = modules["repa_projector"]
     assert [(m.in_features, m.out_features) for m in projector if isinstance(m, nn.Linear)] == [
         (MODEL.hidden, 16), (16, 16), (16, teacher.dim)]
@@ -180,7 +182,7 @@ def test_hooks_attach_the_projector_capture_the_block_and_return_the_loss(teache
     model.extras["repa_projector"] = projector  # what the core does with the result
     phase = Phase("512", 10, SIDE, 2)
     assert plugin.prx_capture_blocks(phase=phase, model_config=MODEL) == [1]
-    (loss_object,) = plugin.prx_auxiliary_losses(phase=phase, model=model)
+    (loss_object,) = plugin.prx_auxiliary_losses(phase=phase, model=model, model_config=MODEL)
     assert loss_object.name == "repa" and loss_object.projector is projector
     x0, x_t, t, text, mask = step_inputs()
     x0_hat, captured = model(x_t, t, text, mask, (), capture=(1,))
@@ -194,7 +196,7 @@ def test_hooks_attach_the_projector_capture_the_block_and_return_the_loss(teache
 def test_quickstart_teacher_is_logged_as_a_stand_in():
     lines: list[str] = []
     plugin = Repa(RepaConfig(teacher="efficientnet-lite0", block=1, projector_dim=16), context(lines=lines))
-    modules = plugin.prx_configure_model(model=PRXDenoiser(MODEL), recipe=Recipe())
+    modules = plugin.prx_configure_model(model_config=MODEL)
     assert modules["repa_projector"][-1].out_features == 112
     assert any("standing in for the recipe's ViT teacher" in line for line in lines)
 
@@ -202,7 +204,7 @@ def test_quickstart_teacher_is_logged_as_a_stand_in():
 def test_missing_teacher_weights_stop_the_run_at_model_set_up():
     plugin = Repa(RepaConfig(teacher="hf:/nonexistent/dinov3"), context())
     with pytest.raises(WeightsNotFoundError, match="/nonexistent/dinov3"):
-        plugin.prx_configure_model(model=PRXDenoiser(MODEL), recipe=Recipe())
+        plugin.prx_configure_model(model_config=MODEL)
 
 
 def test_cost_counts_the_teacher_forward_and_the_projector(teacher_spec):
@@ -229,7 +231,8 @@ def test_projector_is_stepped_by_adam_and_repa_switches_off_in_a_disabled_phase(
     recipe = Recipe(plugins=["repa"], model=ModelConfig(preset="prx-test"), optim=OptimConfig(warmup_steps=0),
                     techniques={"repa": RepaConfig(teacher=teacher_spec, block=1, projector_dim=16)})
     info = D.DistInfo(rank=0, world_size=1, local_rank=0, strategy="none", device=torch.device("cpu"))
-    techniques = TechniqueSet(recipe, discover(only=["repa"]), RunContext(recipe, log=lambda line: None))
+    techniques = TechniqueSet(recipe, discover(only=["repa"]), RunContext(recipe, log=lambda line: None),
+                              model_config(recipe, ZeroText.dim))
     trainer = Trainer(recipe, techniques, ZeroText(), info)
     projector = trainer.denoiser.extras["repa_projector"]
     adam = {id(p) for group in trainer.optimizers["adamw"].param_groups for p in group["params"]}

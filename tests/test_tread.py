@@ -269,10 +269,10 @@ def test_invalid_routes_are_recipe_errors_naming_the_key(routes, words):
 
 
 def test_check_recipe_reports_routes_beyond_the_recipes_model():
-    recipe = Recipe(model=ModelConfig(preset="prx-test"))  # depth 4
-    context = RunContext(recipe=recipe)
-    assert Tread(TreadConfig(), context).prx_check_recipe(recipe, ("tread",)) == []
-    problems = Tread(TreadConfig(routes=(RouteSpec(end=12),)), context).prx_check_recipe(recipe, ("tread",))
+    recipe = Recipe(model=ModelConfig(preset="prx-test"))
+    context, four_blocks = RunContext(recipe=recipe), recipe.model.resolve(text_dim=8)
+    assert Tread(TreadConfig(), context).prx_check_recipe(model_config=four_blocks) == []
+    problems = Tread(TreadConfig(routes=(RouteSpec(end=12),)), context).prx_check_recipe(model_config=four_blocks)
     assert len(problems) == 1 and "4 blocks" in problems[0]
 
 
@@ -320,10 +320,10 @@ def test_the_plugin_manager_reports_a_route_beyond_the_model():
     bad = Recipe(model=ModelConfig(preset="prx-test"), plugins=["tread"],
                  techniques={"tread": TreadConfig(routes=(RouteSpec(end=12),))})
     with pytest.raises(RecipeError, match=r"tread: routes\[0\]: blocks 2..12"):
-        TechniqueSet(bad, registry, RunContext(recipe=bad))
+        TechniqueSet(bad, registry, RunContext(recipe=bad), bad.model.resolve(text_dim=8))
     good = Recipe(model=ModelConfig(preset="prx-test"), plugins=["tread"])
-    techniques = TechniqueSet(good, registry, RunContext(recipe=good, seed=5))
-    phase = Phase("test", steps=1, resolution=64, batch_size=2)
     config = good.model.resolve(text_dim=8)
+    techniques = TechniqueSet(good, registry, RunContext(recipe=good, seed=5), config)
+    phase = Phase("test", steps=1, resolution=64, batch_size=2)
     [(name, router)] = techniques.call("prx_routing", phase=phase, model_config=config)
     assert name == "tread" and router == TreadRouter((RouteSpan(2, 2, 0.5),), seed=5, rank=0)

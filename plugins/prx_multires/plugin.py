@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from prx_core.hookspecs import hookimpl
-from prx_core.model.config import PRESETS
+from prx_core.model.config import DenoiserConfig
 from prx_core.types import Phase, RunContext, Technique
 
 
@@ -84,10 +84,6 @@ def schedule_problems(config: MultiresConfig, patch: int, active: tuple[str, ...
     return found
 
 
-def _patch(recipe: Any) -> int:
-    return recipe.model.patch if recipe.model.patch is not None else PRESETS[recipe.model.preset]["patch"]
-
-
 class Multires:
     """The plugin instance: answers the schedule hook from its config."""
 
@@ -96,8 +92,8 @@ class Multires:
         self.context = context
 
     @hookimpl
-    def prx_check_recipe(self, recipe: Any, active: tuple[str, ...]) -> list[str]:
-        return schedule_problems(self.config, _patch(recipe), active, tuple(recipe.techniques))
+    def prx_check_recipe(self, recipe: Any, active: tuple[str, ...], model_config: DenoiserConfig) -> list[str]:
+        return schedule_problems(self.config, model_config.patch, active, tuple(recipe.techniques))
 
     @hookimpl
     def prx_resolution_schedule(self, recipe: Any) -> list[Phase]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch import nn
 
@@ -37,10 +36,10 @@ class Repa:
         self.teacher = None
 
     @hookimpl
-    def prx_check_recipe(self, recipe: Any, active: tuple[str, ...]) -> list[str]:
+    def prx_check_recipe(self, model_config: DenoiserConfig) -> list[str]:
         c = self.config
         problems = []
-        depth = recipe.model.resolve(text_dim=1).depth  # the text width does not change the depth
+        depth = model_config.depth
         if not 0 <= c.block < depth:
             problems.append(f"block = {c.block} is not a block of the {depth}-block model; use 0..{depth - 1} "
                             "(7, the 8th block, in the PRX recipe).")
@@ -54,23 +53,23 @@ class Repa:
         return problems
 
     @hookimpl
-    def prx_configure_model(self, model: nn.Module, recipe: Any) -> dict[str, nn.Module]:
+    def prx_configure_model(self, model_config: DenoiserConfig) -> dict[str, nn.Module]:
         self.teacher = load_teacher(self.config.teacher, self.context.device)
         note = ""
         if isinstance(self.teacher, ConvTeacher):
             note = (" (an ImageNet CNN standing in for the recipe's ViT teacher: its stride-"
                     f"{self.teacher.patch} feature map gives the patch tokens)")
         self.context.log(f"repa: teacher {self.teacher.describe()}{note}")
-        return {PROJECTOR: build_projector(model.config.hidden, self.config.projector_dim, self.teacher.dim)}
+        return {PROJECTOR: build_projector(model_config.hidden, self.config.projector_dim, self.teacher.dim)}
 
     @hookimpl
     def prx_capture_blocks(self, phase: Phase, model_config: DenoiserConfig) -> list[int]:
         return [self.config.block]
 
     @hookimpl
-    def prx_auxiliary_losses(self, phase: Phase, model: nn.Module) -> list[RepaAlignment]:
+    def prx_auxiliary_losses(self, phase: Phase, model: nn.Module, model_config: DenoiserConfig) -> list[RepaAlignment]:
         c = self.config
-        grid, size = self._teacher_input(model.config, phase)
+        grid, size = self._teacher_input(model_config, phase)
         self.context.log(f"repa: phase '{phase.name}': teacher input {size[0]}x{size[1]} px for a "
                          f"{grid[0]}x{grid[1]} token grid at block {c.block}, weight {c.weight}")
         return [RepaAlignment(model.extras[PROJECTOR], self.teacher, c.block, c.weight, c.input_scale, c.resize)]

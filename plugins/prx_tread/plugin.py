@@ -25,10 +25,9 @@ class Tread:
         self.context = context
 
     @hookimpl
-    def prx_check_recipe(self, recipe: Any, active: tuple[str, ...]) -> list[str]:
-        depth = recipe.model.resolve(text_dim=1).depth  # the text width does not change the depth
+    def prx_check_recipe(self, model_config: DenoiserConfig) -> list[str]:
         try:
-            resolve_routes(self.config, depth)
+            resolve_routes(self.config, model_config.depth)
         except RecipeError as error:
             return [str(error)]
         return []

@@ -23,10 +23,11 @@ from prx_core.ablation.report import build_report
 from prx_core.ablation.runner import DEFAULT_LAUNCHER, run_ablation
 from prx_core.cli.common import add_set_argument
 from prx_core.errors import PluginError, RecipeError, UserError
-from prx_core.registry import discover, selection_problems, unknown_technique_problems
-from prx_core.techniques import TechniqueSet
+from prx_core.plan import model_config
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
+from prx_core.registry import discover, selection_problems, unknown_technique_problems
+from prx_core.techniques import TechniqueSet
 from prx_core.types import RunContext
 
 
@@ -168,7 +169,7 @@ def make_plan(args: argparse.Namespace) -> tuple[AblationPlan, Recipe]:
     for variant in variants:
         try:
             resolved = load_recipe(args.recipe, [*args.overrides, *variant.overrides, *budget], registry)
-            TechniqueSet(resolved, registry, RunContext(recipe=resolved, seed=resolved.seed))
+            TechniqueSet(resolved, registry, RunContext(recipe=resolved, seed=resolved.seed), model_config(resolved))
         except (RecipeError, PluginError) as err:
             raise UserError(f"variant '{variant.name}' is not a valid recipe:\n{err}") from None
     seeds = tuple(recipe.seed + i for i in range(args.seeds))

@@ -7,7 +7,6 @@ from prx_core import registry as plugin_registry
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
 
-
 SET_HELP = (
     "override one recipe value, e.g. --set train.steps=100 or --set 'plugins=[\"tread\",\"repa\"]' "
     "(the value is read as TOML, else as plain text; repeatable; wins over the recipe file)"

@@ -7,7 +7,14 @@ from pathlib import Path
 from rich.console import Console
 
 from prx_core.cli.common import add_recipe_arguments, load_from_args
-from prx_core.measure.cost import PEAK_BF16_TFLOPS, estimate_cost, load_measurements, render_cost_report
+from prx_core.measure.cost import (
+    DEFAULT_TEXT_DIM,
+    PEAK_BF16_TFLOPS,
+    estimate_cost,
+    load_measurements,
+    render_cost_report,
+)
+from prx_core.plan import model_config
 from prx_core.techniques import TechniqueSet
 from prx_core.types import RunContext
 
@@ -37,8 +44,9 @@ def register(subparsers) -> None:
 
 def cost(args: argparse.Namespace) -> int:
     recipe, registry = load_from_args(args)
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe=recipe, seed=recipe.seed))
+    config = model_config(recipe, args.text_dim or recipe.text.dim or DEFAULT_TEXT_DIM)
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe=recipe, seed=recipe.seed), config)
     measured = load_measurements(args.measured) if args.measured else ()
-    report = estimate_cost(recipe, techniques, args.gpu, args.gpus, args.price, args.mfu, measured, args.text_dim)
+    report = estimate_cost(recipe, techniques, args.gpu, args.gpus, args.price, args.mfu, measured)
     Console(highlight=False).print(render_cost_report(report))
     return 0

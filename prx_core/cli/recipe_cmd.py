@@ -6,9 +6,11 @@ import sys
 
 from prx_core import registry as plugin_registry
 from prx_core.cli.common import add_set_argument
+from prx_core.plan import model_config
 from prx_core.recipe.loader import dump_recipe_toml, load_recipe
 from prx_core.techniques import TechniqueSet
 from prx_core.types import RunContext
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -56,7 +58,7 @@ def _show(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     registry = plugin_registry.discover()
     recipe = load_recipe(args.recipe, args.overrides, registry=registry)
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe=recipe, seed=recipe.seed))
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe=recipe, seed=recipe.seed), model_config(recipe))
     selected = ", ".join(techniques.names) or "no techniques"
     print(f"{args.recipe}: ok ({selected})")
     return 0

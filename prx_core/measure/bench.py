@@ -24,16 +24,16 @@ import attrs
 import torch
 
 from prx_core import distributed as D
-from prx_core.measure.cost import DEFAULT_TEXT_DIM, peak_flops, phase_lines
-from prx_core.measure.host_sync import host_sync_sites
 from prx_core.data.batcher import Batch
 from prx_core.errors import UserError
+from prx_core.measure.cost import DEFAULT_TEXT_DIM, peak_flops, phase_lines
+from prx_core.measure.host_sync import host_sync_sites
+from prx_core.plan import accumulation_steps, model_config, plan_phases
+from prx_core.recipe.schema import Recipe
 from prx_core.registry import Registry
 from prx_core.techniques import TechniqueSet
-from prx_core.recipe.schema import Recipe
 from prx_core.text import load_text_encoder
 from prx_core.train.nonfinite import step_unless
-from prx_core.plan import accumulation_steps, plan_phases
 from prx_core.train.trainer import Trainer
 from prx_core.types import Conditioning, Phase, RunContext
 
@@ -165,8 +165,9 @@ def default_shape(recipe: Recipe, registry: Registry, resolution: int | None = N
                   micro_batch: int | None = None, accumulation: int | None = None) -> BenchShape:
     """The first phase's shape on one device (resolution, micro-batch, accumulation up to its
     global batch), with any of the three overridden."""
-    context = RunContext(recipe, recipe.seed)
-    phases = plan_phases(recipe, TechniqueSet(recipe, registry, context))
+    variant = bench_variant(recipe, recipe.plugins)
+    techniques = TechniqueSet(variant, registry, RunContext(variant, variant.seed), model_config(variant))
+    phases = plan_phases(variant, techniques)
     phase = phases[0] if resolution is None else next((p for p in phases if p.resolution == resolution), phases[0])
     if micro_batch is None:
         micro_batch = phase.batch_size // accumulation_steps(recipe, phase, 1)
@@ -205,7 +206,7 @@ def _phase(recipe: Recipe, techniques: TechniqueSet, shape: BenchShape) -> tuple
 
 def flops_per_image(techniques: TechniqueSet, trainer: Trainer, phase: Phase, text_tokens: int) -> tuple[float, float]:
     """(denoiser, all) analytic training FLOPs per image from the cost model and hooks."""
-    lines = phase_lines(techniques, trainer.model_config, phase, text_tokens)
+    lines = phase_lines(techniques, phase, text_tokens)
     return sum(x.flops for x in lines if x.category == "denoiser"), sum(x.flops for x in lines)
 
 
@@ -241,7 +242,7 @@ def bench_combo(recipe: Recipe, registry: Registry, combo: Combo, shape: BenchSh
     started = time.perf_counter()
     try:
         context = RunContext(variant, variant.seed, 0, 1, device, log)
-        techniques = TechniqueSet(variant, registry, context)
+        techniques = TechniqueSet(variant, registry, context, model_config(variant))
         text = load_text_encoder(variant.text, device)
         trainer = Trainer(variant, techniques, text, D.DistInfo(0, 1, 0, "none", device))
     except UserError as error:

@@ -221,12 +221,12 @@ def estimate_cost(
     price: float = 2.0,
     mfu: float | None = None,
     measured: Iterable[Measurement] = (),
-    text_dim: int | None = None,
 ) -> CostReport:
     """Project the FLOPs, throughput, GPU-hours and dollars of training ``recipe``.
 
     ``technique_set`` is the run's :class:`prx_core.techniques.TechniqueSet` (anything with its
-    ``names`` and ``call(hook, phase=None, **kw) -> [(name, result)]``). ``mfu`` is used for every phase
+    ``names``, ``model_config`` and ``call(hook, phase=None, **kw) -> [(name, result)]``); the
+    text width of the estimate is its model's. ``mfu`` is used for every phase
     unless ``measured`` holds a throughput for the phase (see :func:`load_measurements`); with
     neither, :data:`DEFAULT_MFU` is assumed.
     """
@@ -235,27 +235,28 @@ def estimate_cost(
     if mfu is not None and not 0 < mfu <= 1:
         raise UserError(f"--mfu is a fraction of the peak in (0, 1] (got {mfu}); e.g. 0.35 for 35 %.")
     peak = peak_flops(gpu)
-    text_dim = text_dim or recipe.text.dim or DEFAULT_TEXT_DIM
-    model_config = recipe.model.resolve(text_dim)
+    model_config = technique_set.model_config
     text_tokens = recipe.text.max_length
     measured = list(measured)
     phases = []
     for phase in plan_phases(recipe, technique_set):
 
         def flops_at(resolution: int, phase: Phase = phase) -> float:
-            lines = phase_lines(technique_set, model_config, attrs.evolve(phase, resolution=resolution), text_tokens)
+            lines = phase_lines(technique_set, attrs.evolve(phase, resolution=resolution), text_tokens)
             return sum(line.flops for line in lines)
 
-        lines = phase_lines(technique_set, model_config, phase, text_tokens)
+        lines = phase_lines(technique_set, phase, text_tokens)
         phase_mfu, source = _phase_mfu(phase, _active(technique_set, phase), flops_at, peak, mfu, measured)
         image_tokens = tokens_for(phase.resolution, model_config.patch)
         phases.append(PhaseCost(phase.name, phase.resolution, image_tokens, text_tokens, phase.batch_size,
                                 phase.steps, lines, phase_mfu, source, peak, gpus))
-    return CostReport(recipe.name, gpu.lower(), gpus, price, text_dim, tuple(phases))
+    return CostReport(recipe.name, gpu.lower(), gpus, price, model_config.text_dim, tuple(phases))
 
 
-def phase_lines(technique_set: Any, model_config: Any, phase: Phase, text_tokens: int) -> tuple[CostLine, ...]:
-    """The dense denoiser's FLOPs per image plus every active technique's terms in ``phase``."""
+def phase_lines(technique_set: Any, phase: Phase, text_tokens: int) -> tuple[CostLine, ...]:
+    """The dense denoiser's FLOPs per image plus every active technique's terms in ``phase``, for
+    the technique set's model."""
+    model_config = technique_set.model_config
     image_tokens = tokens_for(phase.resolution, model_config.patch)
     dense = train_flops_per_image(model_config, image_tokens, text_tokens)
     lines = (CostLine("core", "denoiser (dense)", "denoiser", dense, dense, "image"),

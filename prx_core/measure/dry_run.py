@@ -6,11 +6,10 @@ from rich.table import Table
 
 from prx_core.diffusers_format.checkpoint import is_diffusers_spec
 from prx_core.measure.cost import estimate_cost, render_cost_report
-from prx_core.errors import RecipeError
+from prx_core.plan import accumulation_steps, model_config, parameter_count, plan_phases
+from prx_core.recipe.schema import Recipe
 from prx_core.registry import Registry
 from prx_core.techniques import TechniqueSet
-from prx_core.recipe.schema import Recipe
-from prx_core.plan import accumulation_steps, parameter_count, plan_phases
 from prx_core.train.initial_weights import check_initial_weights
 from prx_core.types import RunContext
 
@@ -19,13 +18,10 @@ def print_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, gpu:
                price: float = 2.0) -> None:
     """Validate ``recipe`` as a run would (techniques, phases, batch split) and print the plan."""
     console = Console(highlight=False, width=None if Console().is_terminal else 140)
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, log=console.print))
-    if recipe.text.dim is None:
-        raise RecipeError("--dry-run does not load the text encoder, so it needs its width: set [text] dim "
-                          "(e.g. dim = 2304 for T5Gemma-2B, 384 for all-MiniLM-L6-v2).")
-    config = recipe.model.resolve(recipe.text.dim)
+    config = model_config(recipe)
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, log=console.print), config)
     phases = plan_phases(recipe, techniques)
-    initial = check_initial_weights(recipe, recipe.text.dim, download=False)
+    initial = check_initial_weights(recipe, config.text_dim, download=False)
     gpus = gpus or 1
     table = Table(title=f"plan of '{recipe.name}' on {gpus} process(es)")
     for column in ("phase", "resolution", "global batch", "per device x accumulation", "steps", "techniques off"):
@@ -44,5 +40,5 @@ def print_plan(recipe: Recipe, registry: Registry, gpus: int | None = None, gpu:
                       f"initial weights: {recipe.model.init} is not on this machine, so its shape was not checked; "
                       "`prx run` checks it before training", markup=False)
     console.print(table)
-    report = estimate_cost(recipe, techniques, gpu=gpu, gpus=gpus, price=price, text_dim=recipe.text.dim)
+    report = estimate_cost(recipe, techniques, gpu=gpu, gpus=gpus, price=price)
     console.print(render_cost_report(report))

@@ -15,7 +15,6 @@ import collections.abc
 import copy
 import os
 import re
-import tomllib
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import attrs
 import cattrs
 import tomli_w
+import tomllib
 from cattrs.errors import (
     CattrsError,
     ClassValidationError,

@@ -51,7 +51,7 @@ from prx_core.effects import EffectProbe, declared_effects, effect_owners, hook_
 from prx_core.errors import RecipeError
 from prx_core.generate import generate
 from prx_core.measure.cost import phase_lines
-from prx_core.plan import plan_phases
+from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.errors_format import names_list
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import Registry, discover
@@ -191,12 +191,12 @@ def train(recipe_path: Path, plugins: Sequence[str], folder: Path, *, registry: 
     registry = _registry_or_installed(registry)
     recipe = load_recipe(recipe_path, [f"plugins={json.dumps(list(plugins))}"], registry=registry)
     info = D.DistInfo(rank=0, world_size=1, local_rank=0, strategy="none", device=torch.device("cpu"))
-    techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, log=lambda line: None))
+    context = RunContext(recipe, recipe.seed, log=lambda line: None)
+    techniques = TechniqueSet(recipe, registry, context, model_config(recipe))
     phases = two_phases(plan_phases(recipe, techniques))
     text = load_text_encoder(recipe.text, info.device)
-    model_config = recipe.model.resolve(text.dim)
     for phase in phases:
-        flops = [line.flops for line in phase_lines(techniques, model_config, phase, 8)]
+        flops = [line.flops for line in phase_lines(techniques, phase, 8)]
         assert all(math.isfinite(value) for value in flops), f"phase {phase.name}: non-finite cost terms {flops}"
     trainer = Trainer(recipe, techniques, text, info)
     trainer.trace_steps = True

@@ -17,13 +17,13 @@ from prx_core.evaluation.prompt_following import evaluate
 from prx_core.evaluation.prompts import eval_scenes
 from prx_core.generate import generate, save_grid
 from prx_core.model.denoiser import PRXDenoiser
-from prx_core.plan import accumulation_steps, plan_phases
+from prx_core.plan import accumulation_steps, model_config, plan_phases
 from prx_core.recipe.loader import dump_recipe_toml, recipe_to_dict
 from prx_core.recipe.schema import Recipe
 from prx_core.registry import Registry
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.techniques import TechniqueSet, TracedGuidance
-from prx_core.text import check_declared_dim, load_text_encoder
+from prx_core.text import check_text_width, load_text_encoder
 from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.sinks import Sinks, run_facts, run_name
@@ -77,9 +77,10 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     # first (the cheapest), then the text encoder and the initial weights.
     console = RunConsole(0, enabled=info.is_main, interactive=interactive)
     context = RunContext(recipe, recipe.seed, info.rank, info.world_size, info.device, console.log)
-    techniques = TechniqueSet(recipe, registry, context)
+    config = model_config(recipe)
+    techniques = TechniqueSet(recipe, registry, context, config)
     text_encoder = load_text_encoder(recipe.text, info.device)
-    check_declared_dim(recipe.text, text_encoder)
+    check_text_width(recipe.text, config.text_dim, text_encoder)
     resuming = resume and CheckpointManager(folder.checkpoints).latest() is not None
     if not resuming:  # a resumed run takes its weights from its checkpoint, not from [model] init
         check_initial_weights(recipe, text_encoder.dim)

@@ -28,9 +28,9 @@ from prx_core.ema import EMA
 from prx_core.errors import RecipeError
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, sample_time, v_space_loss
-from prx_core.techniques import ENV_TRACE, TechniqueSet
 from prx_core.recipe.schema import Recipe
-from prx_core.text import TextEncoder
+from prx_core.techniques import ENV_TRACE, TechniqueSet
+from prx_core.text import TextEncoder, check_text_width
 from prx_core.train.nonfinite import nonfinite_flag, step_unless
 from prx_core.train.initial_weights import load_initial_weights
 from prx_core.train.randomness import draw
@@ -82,13 +82,15 @@ class Trainer:
         self.text_encoder = text_encoder
         self.info = info
         self.device = info.device
-        self.model_config = recipe.model.resolve(text_encoder.dim)
+        self.model_config = techniques.model_config
+        check_text_width(recipe.text, self.model_config.text_dim, text_encoder)
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank and every resume
         denoiser = PRXDenoiser(self.model_config, init=recipe.model.init_scheme)
         if initial_weights:
             load_initial_weights(denoiser, recipe, text_encoder.dim)
         denoiser.activation_checkpointing = recipe.model.activation_checkpointing
-        for _, modules in techniques.call("prx_configure_model", model=denoiser, recipe=recipe):
+        for _, modules in techniques.call("prx_configure_model", model=denoiser, recipe=recipe,
+                                          model_config=self.model_config):
             for name, module in modules.items():
                 if name in denoiser.extras:
                     raise RecipeError(f"two techniques attach a module named '{name}' to the model.")
@@ -153,7 +155,7 @@ class Trainer:
         blocks = {b for _, found in t.call("prx_capture_blocks", phase=phase, model_config=self.model_config)
                   for b in found}
         self.capture = tuple(sorted(blocks))
-        losses = t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser)
+        losses = t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser, model_config=self.model_config)
         self.aux_losses = [CompiledLoss.of(loss) if self.recipe.train.compile else loss
                            for _, found in losses for loss in found]
         self.aux_owners = [name for name, found in losses for _ in found]

@@ -23,7 +23,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from prx_core import distributed as D
 from prx_core.data.batcher import Batch
 from prx_core.measure.bench import BenchShape, synthetic_batch
-from prx_core.plan import plan_phases
+from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
@@ -46,7 +46,7 @@ def build(info: D.DistInfo, strategy: str) -> Trainer:
     recipe = load_recipe(TINY_RECIPE, ['plugins=["tread"]', "tread.routes=[{start = 1, end = 2, keep = 0.5}]",
                                 "train.precision=bf16", f"distributed.strategy={strategy}"], registry)
     techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, info.rank, info.world_size,
-                                                           info.device, lambda message: None))
+                                                           info.device, lambda message: None), model_config(recipe))
     trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, info.device), info)
     trainer.start_phase(plan_phases(recipe, techniques)[0], 0)
     return trainer
