@@ -8,9 +8,9 @@ The core calls hooks in fixed phases, always in this order (see docs/plugins.md)
 4. model set-up ..... ``prx_configure_model``, ``prx_optimizer_groups``
 5. tracking ........ ``prx_metrics_sink`` (rank 0, once, after set-up and a resume's load:
                       the sinks it returns then get every logged row, grid and evaluation)
-6. each phase ....... ``prx_phase_change``, then ``prx_routing``, ``prx_capture_blocks``,
-                      ``prx_auxiliary_losses`` (resolved once: the objects they return are used
-                      for every step of the phase, so the step itself dispatches no hook)
+6. each phase ....... ``prx_phase_change``, then ``prx_routing``, ``prx_auxiliary_losses``
+                      (resolved once: the objects they return are used for every step of the
+                      phase, so the step itself dispatches no hook)
 7. sampling ......... ``prx_guidance``
 8. checkpoints ...... ``prx_state_dict`` on save, ``prx_load_state_dict`` on resume
 
@@ -136,14 +136,6 @@ def prx_routing(phase: Phase, model_config: Any) -> Router | None:
 
 
 @hookspec
-def prx_capture_blocks(phase: Phase, model_config: Any) -> list[int]:
-    """Return the block indices whose outputs this technique needs in ``phase``.
-
-    The core captures the union and passes them to auxiliary losses as ``StepTensors.captured``.
-    """
-
-
-@hookspec
 def prx_auxiliary_losses(phase: Phase, model: nn.Module, model_config: Any) -> list[AuxiliaryLoss]:
     """Return the auxiliary losses computed on every training step of ``phase``.
 
@@ -151,7 +143,9 @@ def prx_auxiliary_losses(phase: Phase, model: nn.Module, model_config: Any) -> l
     ``model_config`` its resolved config.
 
     Each returns ``{term: weighted scalar}``; the core sums them into the objective and logs
-    each term (and its share of step time) in ``metrics.jsonl``.
+    each term (and its share of step time) in ``metrics.jsonl``. A loss that reads hidden states
+    declares the blocks in its ``blocks`` attribute and finds their outputs in
+    ``StepTensors.captured`` (with the route index when a block ran inside a route).
     """
 
 

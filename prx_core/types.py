@@ -66,8 +66,9 @@ class StepTensors:
     """What one training micro-step produced, handed to every auxiliary loss.
 
     ``x0`` is the clean image in [-1, 1], ``x0_hat`` the denoiser's prediction, ``t`` the noise
-    level per sample (1 = noise), ``captured`` the block outputs asked for through the capture
-    hook, ``route`` the route plan the denoiser ran with (empty when dense).
+    level per sample (1 = noise), ``captured`` the outputs of the blocks the phase's auxiliary
+    losses read (their ``blocks``), by block index, ``route`` the route plan the denoiser ran with
+    (empty when dense), ``patch`` the denoiser's patch size and ``step`` the training step.
     """
 
     x0: torch.Tensor
@@ -89,7 +90,13 @@ class Router(Protocol):
 
 
 class AuxiliaryLoss(Protocol):
-    """An extra training loss computed from a step's tensors."""
+    """An extra training loss computed from a step's tensors.
+
+    ``name`` identifies the loss (its time share in the metrics). A loss that reads hidden
+    states of the denoiser also has ``blocks``, a tuple of block indices: the core captures those
+    blocks' outputs on every step of the phase and hands them over as ``StepTensors.captured``
+    (a loss without ``blocks`` reads none).
+    """
 
     name: str
 

@@ -144,11 +144,6 @@ class Probe:
         self._seen("prx_routing", phase=phase, model_config=model_config)
 
     @hookspecs.hookimpl
-    def prx_capture_blocks(self, phase, model_config):
-        self._seen("prx_capture_blocks", phase=phase, model_config=model_config)
-        return []
-
-    @hookspecs.hookimpl
     def prx_auxiliary_losses(self, phase, model, model_config):
         self._seen("prx_auxiliary_losses", phase=phase, model=model, model_config=model_config)
         return []

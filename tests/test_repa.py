@@ -181,9 +181,8 @@ def test_hooks_attach_the_projector_capture_the_block_and_return_the_loss(teache
     assert any(teacher_spec in line for line in lines)
     model.extras["repa_projector"] = projector  # what the core does with the result
     phase = Phase("512", 10, SIDE, 2)
-    assert plugin.prx_capture_blocks(phase=phase, model_config=MODEL) == [1]
     (loss_object,) = plugin.prx_auxiliary_losses(phase=phase, model=model, model_config=MODEL)
-    assert loss_object.name == "repa" and loss_object.projector is projector
+    assert loss_object.name == "repa" and loss_object.projector is projector and loss_object.blocks == (1,)
     x0, x_t, t, text, mask = step_inputs()
     x0_hat, captured = model(x_t, t, text, mask, (), capture=(1,))
     terms = loss_object(StepTensors(x0, x_t, t, x0_hat, captured, (), MODEL.patch, 0))

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ from prx_core.cli import main
 from prx_core.data.batcher import Batch
 from prx_core.data.scenes import render_scene, scene_for_index
 from prx_core.ema import EMA
+from prx_core.errors import PluginError
 from prx_core.evaluation.checker import ATTRIBUTES
 from prx_core.evaluation.prompts import eval_scenes
+from prx_core.hookspecs import hookimpl
 from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
@@ -33,7 +36,7 @@ from prx_core.techniques import TechniqueSet
 from prx_core.testing import TINY_RECIPE
 from prx_core.text import load_text_encoder
 from prx_core.train.trainer import Trainer
-from prx_core.types import RunContext
+from prx_core.types import RunContext, Technique
 
 METRIC_KEYS = {"step", "phase", "wall_s", "loss", "loss/diffusion", "lr", "grad_norm", "images_per_s", "step_ms",
                "peak_mem_mb"}
@@ -312,6 +315,60 @@ def test_caption_dropout_replaces_conditioning_by_the_empty_prompt(dropout):
     empty = trainer.empty
     is_empty = [torch.equal(text[i], empty.tokens[0]) and torch.equal(mask[i], empty.mask[0]) for i in range(4)]
     assert is_empty == [dropout == 1.0] * 4
+
+
+class ReadsBlocks:
+    """A loss that declares the blocks it reads and records what the core captured for it."""
+
+    name = "reads_blocks"
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.seen: list[dict] = []
+
+    def __call__(self, step):
+        self.seen.append({block: (c.hidden.shape, c.index is None) for block, c in step.captured.items()})
+        return {self.name: step.x0_hat.mean() * 0}
+
+
+def reader_registry(loss: ReadsBlocks):
+    class Reader:
+        def __init__(self, config, context):
+            pass
+
+        @hookimpl
+        def prx_auxiliary_losses(self):
+            return [loss]
+
+    module = types.ModuleType("reader_plugin")
+    module.prx_register_techniques = hookimpl(lambda: [Technique(name="reader", plugin=Reader)])
+    return discover(extra_modules=[module])
+
+
+def test_the_core_captures_the_blocks_a_loss_declares_and_only_those():
+    loss = ReadsBlocks((3, 1))
+    registry = reader_registry(loss)
+    recipe = load_recipe(TINY_RECIPE, ['plugins=["reader", "tread"]', "tread.routes=[{start = 1, end = 2, keep = 0.5}]"],
+                         registry)
+    info = D.init_distributed(recipe.distributed, "cpu")
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, device=info.device), model_config(recipe))
+    trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, info.device), info)
+    trainer.start_phase(plan_phases(recipe, techniques)[0], 0)
+    assert trainer.capture == (1, 3)
+    trainer.train_step(batches(), 1)
+    # block 1 ran inside the route: 8 of its 16 tokens, with their grid positions; block 3 after it: all 16
+    assert loss.seen == [{1: (torch.Size([4, 8, 64]), False), 3: (torch.Size([4, 16, 64]), True)}]
+
+
+@pytest.mark.parametrize("blocks", [(4,), (-1,), ("1",), 1])
+def test_a_loss_reading_a_block_the_model_lacks_is_a_plugin_error(blocks):
+    registry = reader_registry(ReadsBlocks(blocks))
+    recipe = load_recipe(TINY_RECIPE, ['plugins=["reader"]'], registry)
+    info = D.init_distributed(recipe.distributed, "cpu")
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe, device=info.device), model_config(recipe))
+    trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, info.device), info)
+    with pytest.raises(PluginError, match=r"technique 'reader': its loss 'reads_blocks' reads blocks .*0\.\.3 of the 4-block"):
+        trainer.start_phase(plan_phases(recipe, techniques)[0], 0)
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------

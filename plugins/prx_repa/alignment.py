@@ -12,7 +12,8 @@ from prx_repa.loss import repa_loss
 
 
 class RepaAlignment:
-    """``weight * repa_loss(projector(h), target)`` for the captured output ``h`` of ``block``.
+    """``weight * repa_loss(projector(h), target)`` for the captured output ``h`` of ``block``
+    (the one block in ``blocks``, which the core captures for this loss).
 
     The target is the teacher's patch tokens of the clean image in [0, 1], aligned to the
     denoiser's token grid and computed without gradient. When the block ran inside a route,
@@ -27,6 +28,7 @@ class RepaAlignment:
         self.projector = projector
         self.teacher = teacher
         self.block = block
+        self.blocks = (block,)
         self.weight = weight
         self.input_scale = input_scale
         self.resize = resize

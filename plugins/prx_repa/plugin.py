@@ -27,8 +27,9 @@ PROJECTOR = "repa_projector"
 class Repa:
     """Adds the REPA loss on ``block``'s output; attaches the projector (stepped by the default
     Adam group, since no technique claims it). The teacher is loaded at model set-up, so missing
-    weights stop the run before the first step. In a phase that disables "repa" the core stops
-    calling the per-phase hooks: no capture, no loss, and the projector keeps its weights."""
+    weights stop the run before the first step. The loss reads ``block``'s output, which the core
+    captures for it. In a phase that disables "repa" the core stops calling the per-phase hooks: no
+    loss, no capture, and the projector keeps its weights."""
 
     def __init__(self, config: RepaConfig, context: RunContext):
         self.config = config
@@ -61,10 +62,6 @@ class Repa:
                     f"{self.teacher.patch} feature map gives the patch tokens)")
         self.context.log(f"repa: teacher {self.teacher.describe()}{note}")
         return {PROJECTOR: build_projector(model_config.hidden, self.config.projector_dim, self.teacher.dim)}
-
-    @hookimpl
-    def prx_capture_blocks(self, phase: Phase, model_config: DenoiserConfig) -> list[int]:
-        return [self.config.block]
 
     @hookimpl
     def prx_auxiliary_losses(self, phase: Phase, model: nn.Module, model_config: DenoiserConfig) -> list[RepaAlignment]:

@@ -25,7 +25,7 @@ from torch.distributed.tensor import DTensor
 from prx_core import distributed as D
 from prx_core.data.loader import Batch
 from prx_core.ema import EMA
-from prx_core.errors import RecipeError
+from prx_core.errors import PluginError, RecipeError
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, sample_time, v_space_loss
 from prx_core.recipe.schema import Recipe
@@ -52,11 +52,12 @@ class CompiledLoss:
     compiled teacher."""
 
     name: str
+    blocks: tuple[int, ...]
     call: Callable[[StepTensors], dict[str, torch.Tensor]]
 
     @classmethod
     def of(cls, loss: AuxiliaryLoss) -> CompiledLoss:
-        return cls(loss.name, torch.compile(loss.__call__))
+        return cls(loss.name, tuple(getattr(loss, "blocks", ())), torch.compile(loss.__call__))
 
     def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
         return self.call(step)
@@ -152,14 +153,27 @@ class Trainer:
         routers = t.call("prx_routing", phase=phase, model_config=self.model_config)
         self.router = single(routers, "prx_routing")
         self.router_owner = routers[0][0] if routers else ""
-        blocks = {b for _, found in t.call("prx_capture_blocks", phase=phase, model_config=self.model_config)
-                  for b in found}
-        self.capture = tuple(sorted(blocks))
         losses = t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser, model_config=self.model_config)
+        self.capture = self._captured_blocks(losses)
         self.aux_losses = [CompiledLoss.of(loss) if self.recipe.train.compile else loss
                            for _, found in losses for loss in found]
         self.aux_owners = [name for name, found in losses for _ in found]
         self.phase = phase
+
+    def _captured_blocks(self, losses: list[tuple[str, list[AuxiliaryLoss]]]) -> tuple[int, ...]:
+        """The blocks whose outputs the phase's losses read (the union of their ``blocks``)."""
+        depth = self.model_config.depth
+        blocks: set[int] = set()
+        for owner, found in losses:
+            for loss in found:
+                declared = getattr(loss, "blocks", ())
+                if not isinstance(declared, (tuple, list)) or not all(
+                        isinstance(b, int) and 0 <= b < depth for b in declared):
+                    raise PluginError(
+                        f"technique '{owner}': its loss '{getattr(loss, 'name', '?')}' reads blocks {declared!r}; "
+                        f"blocks must be a tuple of indices 0..{depth - 1} of the {depth}-block model.")
+                blocks.update(declared)
+        return tuple(sorted(blocks))
 
     # -- the step ---------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
