@@ -22,10 +22,16 @@ Only the techniques a recipe selects are registered for a run, each as an instan
 its structured config; techniques that a phase disables are left out of that phase's calls.
 Results never depend on plugin order: lists are combined by technique name and dictionaries
 are merged with a collision check.
+
+Three hooks are exclusive (:func:`exclusive`): at most one selected technique may implement
+``prx_resolution_schedule`` (role "schedule"), ``prx_routing`` ("routing") and ``prx_guidance``
+("guidance"). Implementing the hook is what gives a technique the role; the core refuses a
+selection with two holders of a role before anything is built.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import pluggy
 from torch import nn
@@ -47,6 +53,23 @@ PROJECT = "prx"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+EXCLUSIVE: dict[str, str] = {}
+"""Hook -> role: the hooks at most one selected technique may implement (see :func:`exclusive`)."""
+
+_Spec = TypeVar("_Spec", bound=Callable[..., Any])
+
+
+def exclusive(role: str) -> Callable[[_Spec], _Spec]:
+    """Declare a hook exclusive: a technique that implements it holds ``role``, and a selection
+    with two holders of one role is refused at validation, naming both. Whoever calls the hook
+    then gets one answer or none."""
+
+    def mark(spec: _Spec) -> _Spec:
+        EXCLUSIVE[spec.__name__] = role
+        return spec
+
+    return mark
+
 
 @hookspec
 def prx_register_techniques() -> list[Technique]:
@@ -62,19 +85,20 @@ def prx_check_recipe(recipe: Any, active: tuple[str, ...], model_config: Any) ->
     """Return problems with the recipe that only this technique can see (empty list if none).
 
     ``active`` is the sorted tuple of selected technique names; ``model_config`` the resolved
-    :class:`prx_core.model.config.DenoiserConfig` (depth, patch, hidden width, ...). Declared
-    roles, conflicts and requirements are checked by the core already; use this for value-level
+    :class:`prx_core.model.config.DenoiserConfig` (depth, patch, hidden width, ...). Exclusive
+    hooks, declared conflicts and requirements are checked by the core already; use this for value-level
     rules such as "the aligned block is a block of the model". Called before any compute; each
     message should name the key and say what to change.
     """
 
 
 @hookspec
+@exclusive("schedule")
 def prx_resolution_schedule(recipe: Any) -> list[Phase]:
     """Return the training phases (resolution, global batch, steps, disabled techniques).
 
-    At most one active technique may implement it (role "schedule"); without one, the core
-    trains one phase from ``[train]`` and ``[data]``.
+    Exclusive (role "schedule"); without a technique that implements it, the core trains one
+    phase from ``[train]`` and ``[data]``.
     """
 
 
@@ -126,12 +150,12 @@ def prx_phase_change(phase: Phase, index: int, step: int) -> None:
 
 
 @hookspec
+@exclusive("routing")
 def prx_routing(phase: Phase, model_config: Any) -> Router | None:
     """Return the router used for every training step of ``phase`` (or None for dense).
 
     The core asks the router for a :data:`prx_core.types.RoutePlan` each step and gathers /
-    scatters the image tokens and the RoPE tables accordingly. At most one active technique
-    routes (role "routing").
+    scatters the image tokens and the RoPE tables accordingly. Exclusive (role "routing").
     """
 
 
@@ -150,11 +174,12 @@ def prx_auxiliary_losses(phase: Phase, model: nn.Module, model_config: Any) -> l
 
 
 @hookspec
+@exclusive("guidance")
 def prx_guidance(sample_config: Any, model_config: Any, router: Router | None) -> Guidance | None:
     """Return how each sampling step combines denoiser calls (None: plain conditional).
 
     ``router`` is the routing technique's router, if one is active in the recipe, for
-    guidance that needs a routed pass. At most one active technique guides (role "guidance").
+    guidance that needs a routed pass. Exclusive (role "guidance").
     """
 
 
@@ -173,8 +198,14 @@ def hook_names() -> list[str]:
     return [name for name in globals() if name.startswith("prx_") and callable(globals()[name])]
 
 
+def roles_of(hooks: Iterable[str]) -> tuple[str, ...]:
+    """The roles a technique implementing ``hooks`` holds, in hook order."""
+    return tuple(EXCLUSIVE[hook] for hook in hooks if hook in EXCLUSIVE)
+
+
 # Re-exported for plugin authors: ``from prx_core.hookspecs import hookimpl, Technique, ...``
 __all__ = [
+    "EXCLUSIVE",
     "AuxiliaryLoss",
     "CostTerm",
     "Guidance",
@@ -185,7 +216,9 @@ __all__ = [
     "RunStart",
     "SampleGrid",
     "Technique",
+    "exclusive",
     "hookimpl",
     "hookspec",
     "hook_names",
+    "roles_of",
 ]

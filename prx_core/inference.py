@@ -19,7 +19,7 @@ from prx_core.registry import Registry, discover
 from prx_core.techniques import TechniqueSet
 from prx_core.text import TextEncoder, load_text_encoder
 from prx_core.train.state import read_ema
-from prx_core.train.trainer import autocast_dtype, single
+from prx_core.train.trainer import autocast_dtype
 from prx_core.types import Guidance, RunContext
 
 
@@ -68,9 +68,8 @@ def load_for_sampling(checkpoint: str | Path, overrides: tuple[str, ...] = (), d
     techniques = TechniqueSet(recipe, registry, RunContext(recipe, recipe.seed, device=dev), config)
     phases = plan_phases(recipe, techniques)
     last = phases[-1]
-    router = single(techniques.call("prx_routing", phase=last, model_config=config), "prx_routing")
-    guidance = single(techniques.call("prx_guidance", sample_config=recipe.sample, model_config=config,
-                                      router=router), "prx_guidance")
+    _, router = techniques.call_one("prx_routing", phase=last, model_config=config)
+    _, guidance = techniques.call_one("prx_guidance", sample_config=recipe.sample, model_config=config, router=router)
     return Inference(recipe, model.eval(), text_encoder, guidance, autocast_dtype(recipe.train.precision, dev),
                      last.resolution, step)
 

@@ -27,11 +27,8 @@ def model_config(recipe: Recipe, text_dim: int | None = None) -> DenoiserConfig:
 
 def plan_phases(recipe: Recipe, techniques: TechniqueSet) -> list[Phase]:
     """The schedule technique's phases, or one phase from ``[train]`` and ``[data]``."""
-    found = techniques.call("prx_resolution_schedule", recipe=recipe)
-    if len(found) > 1:
-        raise RecipeError("more than one technique sets the resolution schedule: "
-                          + ", ".join(n for n, _ in found) + ". Keep one in `plugins`.")
-    phases = list(found[0][1]) if found else [
+    _, schedule = techniques.call_one("prx_resolution_schedule", recipe=recipe)
+    phases = list(schedule) if schedule is not None else [
         Phase("train", recipe.train.steps, recipe.data.resolution, recipe.train.batch_size)]
     for phase in phases:
         unknown = sorted(set(phase.disabled) - set(techniques.names) - set(recipe.techniques))

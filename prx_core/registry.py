@@ -5,7 +5,8 @@ named in ``$PRX_PLUGINS``), asks each for its techniques through ``prx_register_
 and checks each technique's declaration and plugin class against the hook specifications. A
 module that fails is recorded in :attr:`Registry.broken` with its error; the others still load.
 :func:`selection_problems` checks a selection of techniques against their declarations (unknown
-names, shared roles, declared conflicts and requirements) before anything is built; the
+names, two implementations of an exclusive hook, declared conflicts and requirements) before
+anything is built, the one place these rules are checked; the
 techniques one run uses are :class:`prx_core.techniques.TechniqueSet`.
 """
 from __future__ import annotations
@@ -66,6 +67,10 @@ class Registry:
     def training_techniques(self) -> tuple[str, ...]:
         """The installed techniques that are not trackers, sorted: what the matrix and ablations vary."""
         return tuple(name for name in sorted(self.techniques) if name not in self.trackers)
+
+    def roles(self, name: str) -> tuple[str, ...]:
+        """The roles technique ``name`` holds: one per exclusive hook its plugin implements."""
+        return hookspecs.roles_of(self.hooks_by_technique.get(name, ()))
 
     def describe_broken(self) -> str:
         """One sentence per broken plugin, for error messages ("" when none is broken)."""
@@ -258,7 +263,7 @@ def _check_declaration(technique: Technique) -> None:
         raise PluginError(f"technique '{name}': plugin must be a class called as plugin(config, context)")
     if technique.config is not None and not attrs.has(technique.config):
         raise PluginError(f"technique '{name}': config must be an attrs class or None, got {technique.config!r}")
-    for field in ("effects", "roles", "conflicts", "requires"):
+    for field in ("effects", "conflicts", "requires"):
         value = getattr(technique, field)
         if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
             raise PluginError(f"technique '{name}': {field} must be a tuple of strings, got {value!r}")
@@ -296,10 +301,9 @@ def _check_tracker(technique: Technique, hooks: tuple[str, ...]) -> None:
             f"{names_list(others)}; a tracker may implement only {names_list((TRACKER_HOOK, *TRACKER_MAY_ALSO))} "
             "(it observes a run and must not change it): register the tracker and the technique separately"
         )
-    declared = [field for field in ("effects", "roles") if getattr(technique, field)]
-    if declared:
+    if technique.effects:
         raise PluginError(f"technique '{name}' is a tracker (it implements {TRACKER_HOOK}) and so declares no "
-                          f"{' and no '.join(declared)}: a tracker has no effect on training")
+                          "effects: a tracker has no effect on training")
 
 
 def qualname(obj: object) -> str:
@@ -325,21 +329,23 @@ def unknown_technique_problems(names: Iterable[str], registry: Registry, locatio
 
 def selection_problems(names: Iterable[str], registry: Registry, location: str) -> list[str]:
     """Problems with a selection of techniques that their declarations reveal: unknown names,
-    two techniques sharing a role, declared conflicts and missing requirements."""
+    two techniques implementing one exclusive hook (sharing its role), declared conflicts and
+    missing requirements."""
     selected = sorted(set(names))
     problems = unknown_technique_problems(selected, registry, location)
     known = [name for name in selected if name in registry.techniques]
     roles: dict[str, list[str]] = {}
     for name in known:
-        for role in registry.techniques[name].roles:
+        for role in registry.roles(name):
             roles.setdefault(role, []).append(name)
+    hook_of = {role: hook for hook, role in hookspecs.EXCLUSIVE.items()}
     for role in sorted(roles):
         holders = roles[role]
         if len(holders) > 1:
             count = _COUNT_WORDS.get(len(holders), str(len(holders)))
             problems.append(
                 f"{location}: plugins selects {count} {role} techniques: {names_list(holders)}; keep one"
-                f" (at most one technique may have the role '{role}')."
+                f" (at most one technique may implement {hook_of[role]})."
             )
     reported: set[frozenset[str]] = set()
     for name in known:

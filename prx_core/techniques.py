@@ -18,6 +18,7 @@ import pluggy
 import torch
 from torch import nn
 
+from prx_core import hookspecs
 from prx_core.errors import PluginError, RecipeError
 from prx_core.model.config import DenoiserConfig
 from prx_core.recipe.errors_format import where
@@ -133,6 +134,15 @@ class TechniqueSet:
             if result is not None:
                 results.append((name, result))
         return results
+
+    def call_one(self, hook: str, phase: Phase | None = None, **kwargs: Any) -> tuple[str, Any]:
+        """Call an exclusive hook (:data:`prx_core.hookspecs.EXCLUSIVE`): ``(technique, result)``
+        from the one active technique that answered, or ``("", None)``. The selection was refused
+        if two techniques implement the hook, so there is never a second answer to choose from."""
+        if hook not in hookspecs.EXCLUSIVE:
+            raise ValueError(f"{hook} is not an exclusive hook; use call() to collect every answer")
+        results = self.call(hook, phase=phase, **kwargs)
+        return results[0] if results else ("", None)
 
     def check_claims(self, claims: list[tuple[str, OptimizerClaim]], model: nn.Module) -> None:
         """Raise RecipeError if a parameter is claimed twice or a claim names a parameter the model lacks."""

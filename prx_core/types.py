@@ -151,9 +151,9 @@ class Technique:
     """What a plugin registers: its name, configuration class and declared behaviour.
 
     ``plugin`` is a class called as ``plugin(config, context)`` (``config`` is None when the
-    technique has no config class; ``context`` is a :class:`RunContext`)
-    whose instance carries the ``@hookimpl`` methods. ``roles`` are exclusive: two active
-    techniques sharing a role (e.g. "guidance") are a recipe error. ``conflicts`` and
+    technique has no config class; ``context`` is a :class:`RunContext`) whose instance carries
+    the ``@hookimpl`` methods; implementing an exclusive hook (``prx_guidance``, ...) gives the
+    technique that hook's role (:data:`prx_core.hookspecs.EXCLUSIVE`). ``conflicts`` and
     ``requires`` name other techniques. ``effects`` are the observable effects the interference
     matrix checks (see docs/plugins.md for the vocabulary).
     """
@@ -163,7 +163,6 @@ class Technique:
     config: type | None = None
     summary: str = ""
     effects: tuple[str, ...] = ()
-    roles: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
 

@@ -65,7 +65,7 @@ def test_schedule_problems_name_the_key():
 def test_technique_declaration_and_hook():
     (technique,) = prx_register_techniques()
     assert technique.name == "multires"
-    assert technique.roles == ("schedule",) and technique.effects == ("changes_schedule",)
+    assert technique.effects == ("changes_schedule",)
     instance = technique.plugin(_config(), None)
     assert instance.prx_resolution_schedule(recipe=None) == PRX
 

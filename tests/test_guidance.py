@@ -151,11 +151,14 @@ def test_cfg_hook_and_value_checks():
 # --- declarations --------------------------------------------------------------------------
 
 
-def test_both_guidance_techniques_claim_the_guidance_role():
-    """The core refuses two active techniques sharing a role; these declarations let it fire."""
+def test_both_guidance_techniques_hold_the_guidance_role():
+    """The core refuses two active techniques implementing the exclusive prx_guidance."""
+    from prx_core.registry import discover
+
+    registry = discover(only=["tread", "cfg"])
     techniques = {t.name: t for t in [*tread_techniques(), *cfg_techniques()]}
     for name in ("tread_guidance", "cfg"):
-        assert techniques[name].roles == ("guidance",)
+        assert registry.roles(name) == ("guidance",)
         assert techniques[name].effects == ("guides_sampling",)
     assert techniques["cfg"].requires == () and techniques["tread_guidance"].requires == ("tread",)
     entry_points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="prx.plugins")}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from prx_core import cli
+from prx_core import cli, hookspecs
 from prx_core import registry as plugins
 from prx_core.errors import PluginError, RecipeError
 from prx_core.hookspecs import hookimpl
@@ -38,7 +38,7 @@ class Alpha:
         self.config = config
 
     @hookimpl
-    def prx_routing(self, phase):  # names only one of the hook's two arguments
+    def prx_cost(self, phase):  # names only one of the hook's three arguments
         return ("alpha", phase.name, self.config.ratio)
 
     @hookimpl
@@ -55,7 +55,7 @@ class Beta:
         pass
 
     @hookimpl
-    def prx_routing(self, model_config, phase):
+    def prx_cost(self, model_config, phase):
         return ("beta", model_config)
 
     @hookimpl
@@ -84,8 +84,8 @@ def _module(name: str, *techniques: Technique) -> types.ModuleType:
 
 
 ALPHA = Technique(name="alpha", plugin=Alpha, config=AlphaConfig, summary="a", effects=("routes_tokens",))
-BETA = Technique(name="beta", plugin=Beta, roles=("guidance",))
-GAMMA = Technique(name="gamma", plugin=Plain, roles=("guidance",))
+BETA = Technique(name="beta", plugin=Beta)  # implements prx_guidance, an exclusive hook: role "guidance"
+GAMMA = Technique(name="gamma", plugin=Plain)
 DELTA = Technique(name="delta", plugin=Plain, conflicts=("alpha",))
 EPSILON = Technique(name="epsilon", plugin=Plain, requires=("alpha",))
 MOD_AB = _module("fake_ab", ALPHA, BETA)
@@ -264,12 +264,22 @@ def test_name_clash_marks_both_providers_broken():
 # --- TechniqueSet: selection checks ---------------------------------------------------------
 
 
-def test_two_techniques_sharing_a_role(tmp_path):
-    (tmp_path / "r.toml").write_text('plugins = ["gamma", "beta"]\n')
+def test_implementing_an_exclusive_hook_is_the_role_and_two_holders_are_refused(tmp_path):
     registry = _registry()
+    assert hookspecs.EXCLUSIVE == {"prx_resolution_schedule": "schedule", "prx_routing": "routing",
+                                   "prx_guidance": "guidance"}
+    assert registry.roles("beta") == registry.roles("gamma") == ("guidance",) and registry.roles("alpha") == ()
+    (tmp_path / "r.toml").write_text('plugins = ["gamma", "beta"]\n')
     recipe = load_recipe(tmp_path / "r.toml", registry=registry)
-    with pytest.raises(RecipeError, match=r"r\.toml: plugins selects two guidance techniques: beta and gamma; keep"):
+    with pytest.raises(RecipeError, match=r"r\.toml: plugins selects two guidance techniques: beta and gamma; keep one "
+                                          r"\(at most one technique may implement prx_guidance\)"):
         TechniqueSet(recipe, registry, RunContext(recipe=recipe), MODEL)
+    # the one holder answers alone; a hook that is not exclusive is not called this way
+    assert _set(["alpha", "beta"]).call_one("prx_guidance", sample_config=None, model_config=None,
+                                            router=None) == ("beta", "beta-guidance")
+    assert _set(["alpha"]).call_one("prx_guidance", sample_config=None, model_config=None, router=None) == ("", None)
+    with pytest.raises(ValueError, match="prx_cost is not an exclusive hook"):
+        _set(["alpha"]).call_one("prx_cost", phase=PHASE, model_config=None, text_tokens=8)
 
 
 def test_declared_conflict_and_missing_requirement():
@@ -318,16 +328,16 @@ def test_call_order_and_arguments_do_not_depend_on_registration_or_recipe_order(
         ["beta", "alpha"], registry=_registry(_module("fake_b", BETA), _module("fake_a", ALPHA))
     )
     expected = [("alpha", ("alpha", "p", 0.5)), ("beta", ("beta", "cfg"))]
-    assert forward.call("prx_routing", phase=PHASE, model_config="cfg") == expected
-    assert backward.call("prx_routing", phase=PHASE, model_config="cfg") == expected
+    assert forward.call("prx_cost", phase=PHASE, model_config="cfg", text_tokens=8) == expected
+    assert backward.call("prx_cost", phase=PHASE, model_config="cfg", text_tokens=8) == expected
     # pluggy's own call order is reverse registration order; ours ignores it
-    assert [r[0] for r in forward.pm.hook.prx_routing(phase=PHASE, model_config="cfg")] == ["beta", "alpha"]
+    assert [r[0] for r in forward.pm.hook.prx_cost(phase=PHASE, model_config="cfg", text_tokens=8)] == ["beta", "alpha"]
 
 
 def test_call_skips_disabled_techniques_and_drops_none():
     techniques = _set(["alpha", "beta"])
     off = Phase(name="hi", steps=1, resolution=64, batch_size=1, disabled=("alpha",))
-    assert techniques.call("prx_routing", phase=off, model_config="m") == [("beta", ("beta", "m"))]
+    assert techniques.call("prx_cost", phase=off, model_config="m", text_tokens=8) == [("beta", ("beta", "m"))]
     assert techniques.call("prx_state_dict") == []
     with pytest.raises(ValueError, match="unknown hook"):
         techniques.call("prx_routin")

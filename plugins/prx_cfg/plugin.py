@@ -59,6 +59,5 @@ def prx_register_techniques() -> list[Technique]:
             config=CFGConfig,
             summary="Classifier-free guidance against the empty prompt, optionally within a noise interval.",
             effects=("guides_sampling",),
-            roles=("guidance",),
         )
     ]

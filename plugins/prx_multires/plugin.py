@@ -109,6 +109,5 @@ def prx_register_techniques() -> list[Technique]:
             config=MultiresConfig,
             summary="Resolution schedule: phases of fixed resolution and global batch, with techniques switched off per phase.",
             effects=("changes_schedule",),
-            roles=("schedule",),
         )
     ]

@@ -83,7 +83,6 @@ def prx_register_techniques() -> list[Technique]:
             config=TreadConfig,
             summary="TREAD: a random share of image tokens skips the middle blocks during training.",
             effects=("routes_tokens",),
-            roles=("routing",),
         ),
         Technique(
             name="tread_guidance",
@@ -91,7 +90,6 @@ def prx_register_techniques() -> list[Technique]:
             config=TreadGuidanceConfig,
             summary="Self-guidance: extrapolate from a routed towards a dense conditional prediction.",
             effects=("guides_sampling",),
-            roles=("guidance",),
             requires=("tread",),
         ),
     ]

@@ -36,7 +36,7 @@ def plugins_report(registry: plugin_registry.Registry) -> dict[str, Any]:
                 "module": module,
                 "version": version,
                 "summary": technique.summary,
-                "roles": list(technique.roles),
+                "roles": list(registry.roles(name)),
                 "effects": list(technique.effects),
                 "conflicts": list(technique.conflicts),
                 "requires": list(technique.requires),

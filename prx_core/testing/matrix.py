@@ -93,8 +93,8 @@ def refusals(names: Sequence[str], registry: Registry | None = None) -> list[str
     registry = _registry_or_installed(registry)
     techniques = [registry.techniques[name] for name in names]
     expected = []
-    for role in sorted({role for t in techniques for role in t.roles}):
-        holders = [t.name for t in techniques if role in t.roles]
+    for role in sorted({role for name in names for role in registry.roles(name)}):
+        holders = [name for name in sorted(names) if role in registry.roles(name)]
         if len(holders) > 1:
             expected.append(f"{role} techniques: {names_list(holders)}; keep one")
     for technique in techniques:

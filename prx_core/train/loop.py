@@ -28,8 +28,8 @@ from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.sinks import Sinks, run_facts, run_name
 from prx_core.train.state import load_checkpoint, save_checkpoint
-from prx_core.train.trainer import Trainer, single
-from prx_core.types import RunContext, RunStart, SampleGrid
+from prx_core.train.trainer import Trainer
+from prx_core.types import Guidance, RunContext, RunStart, SampleGrid
 
 
 class NonFiniteError(UserError):
@@ -218,13 +218,14 @@ def read_metrics(metrics: dict[str, torch.Tensor], trainer: Trainer, info: D.Dis
     return row
 
 
-def resolve_guidance(trainer: Trainer, recipe: Recipe):
-    found = trainer.techniques.call("prx_guidance", sample_config=recipe.sample, model_config=trainer.model_config,
-                                    router=trainer.router)
-    guidance = single(found, "prx_guidance")
+def resolve_guidance(trainer: Trainer, recipe: Recipe) -> Guidance | None:
+    """The guidance technique's guidance (None: plain conditional sampling), recorded in the hook
+    trace on each use when the trainer traces per-step uses."""
+    technique, guidance = trainer.techniques.call_one(
+        "prx_guidance", sample_config=recipe.sample, model_config=trainer.model_config, router=trainer.router)
     if guidance is None or not trainer.trace_steps:
         return guidance
-    return TracedGuidance(guidance, found[0][0], trainer.techniques.trace, trainer.step)
+    return TracedGuidance(guidance, technique, trainer.techniques.trace, trainer.step)
 
 
 def open_sinks(recipe: Recipe, registry: Registry, techniques: TechniqueSet, trainer: Trainer, info: D.DistInfo,

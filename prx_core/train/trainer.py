@@ -63,14 +63,6 @@ class CompiledLoss:
         return self.call(step)
 
 
-def single(results: list, what: str):
-    """The one technique result of an exclusive hook (roles make two impossible)."""
-    if len(results) > 1:
-        names = ", ".join(name for name, _ in results)
-        raise RecipeError(f"more than one technique answered {what}: {names}. Keep one of them in `plugins`.")
-    return results[0][1] if results else None
-
-
 class Trainer:
     """Owns the model and everything stepped with it; ``train_step`` does one optimizer step."""
 
@@ -150,9 +142,7 @@ class Trainer:
         t = self.techniques
         t.trace.record("phase", phase.name, "core", self.step)
         t.call("prx_phase_change", phase=phase, index=index, step=self.step)
-        routers = t.call("prx_routing", phase=phase, model_config=self.model_config)
-        self.router = single(routers, "prx_routing")
-        self.router_owner = routers[0][0] if routers else ""
+        self.router_owner, self.router = t.call_one("prx_routing", phase=phase, model_config=self.model_config)
         losses = t.call("prx_auxiliary_losses", phase=phase, model=self.denoiser, model_config=self.model_config)
         self.capture = self._captured_blocks(losses)
         self.aux_losses = [CompiledLoss.of(loss) if self.recipe.train.compile else loss
