@@ -15,7 +15,7 @@ import importlib.metadata
 import inspect
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -267,6 +267,11 @@ def _check_declaration(technique: Technique) -> None:
         value = getattr(technique, field)
         if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
             raise PluginError(f"technique '{name}': {field} must be a tuple of strings, got {value!r}")
+    settings = technique.tiny_settings
+    if not isinstance(settings, Mapping) or not all(isinstance(key, str) for key in settings):
+        raise PluginError(f"technique '{name}': tiny_settings must be a table (a dict with str keys), got {settings!r}")
+    if settings and technique.config is None:
+        raise PluginError(f"technique '{name}': tiny_settings given, but the technique has no config class to take them")
 
 
 def _check_plugin_class(technique: Technique) -> tuple[str, ...]:

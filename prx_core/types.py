@@ -155,7 +155,10 @@ class Technique:
     the ``@hookimpl`` methods; implementing an exclusive hook (``prx_guidance``, ...) gives the
     technique that hook's role (:data:`prx_core.hookspecs.EXCLUSIVE`). ``conflicts`` and
     ``requires`` name other techniques. ``effects`` are the observable effects the interference
-    matrix checks (see docs/plugins.md for the vocabulary).
+    matrix checks (see docs/plugins.md for the vocabulary). ``tiny_settings`` is the technique's
+    table for the matrix's tiny run (:mod:`prx_core.testing`: the 4-block ``prx-test`` model,
+    32 px images, 4 steps of 4 images), for a technique whose defaults do not fit it; teacher
+    settings name the tiny random teachers ``"{vit}"`` or ``"{cnn}"``.
     """
 
     name: str
@@ -165,6 +168,7 @@ class Technique:
     effects: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    tiny_settings: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen

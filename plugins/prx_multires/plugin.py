@@ -109,5 +109,7 @@ def prx_register_techniques() -> list[Technique]:
             config=MultiresConfig,
             summary="Resolution schedule: phases of fixed resolution and global batch, with techniques switched off per phase.",
             effects=("changes_schedule",),
+            tiny_settings={"phases": [{"name": "32px", "resolution": 32, "batch_size": 4, "steps": 2},
+                                      {"name": "16px", "resolution": 16, "batch_size": 2, "steps": 2}]},
         )
     ]

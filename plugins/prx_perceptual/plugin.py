@@ -113,6 +113,7 @@ def prx_register_techniques() -> list[Technique]:
             config=LpipsConfig,
             summary="LPIPS (VGG) between the x0 prediction and the clean image, at half size.",
             effects=("loss_term:lpips",),
+            tiny_settings={"teacher": "{cnn}", "min_side": 16},
         ),
         Technique(
             name="dino_perceptual",
@@ -120,5 +121,6 @@ def prx_register_techniques() -> list[Technique]:
             config=DinoPerceptualConfig,
             summary="DINOv2 patch-token cosine loss between the x0 prediction and the clean image, at 224 px.",
             effects=("loss_term:dino_perceptual",),
+            tiny_settings={"teacher": "{vit}", "size": 28},
         ),
     ]

@@ -100,5 +100,6 @@ def prx_register_techniques() -> list[Technique]:
             config=RepaConfig,
             summary="REPA: align a block's hidden states with a frozen teacher's patch tokens (projector + cosine).",
             effects=("loss_term:repa", f"adds_module:{PROJECTOR}"),
+            tiny_settings={"teacher": "{vit}", "block": 1, "projector_dim": 16},
         )
     ]

@@ -4,8 +4,8 @@ recipe it trains (``tiny.toml``, :data:`TINY_RECIPE`) and teachers with random w
 
     from prx_core.testing import check_combination, matrix_recipe
 
-    recipe = matrix_recipe(folder)                       # a tiny recipe and tiny random teachers
-    check_combination(("minsnr", "tread"), recipe, folder / "run")
+    recipe = matrix_recipe(folder)              # the tiny recipe, each technique's tiny settings
+    check_combination(("my_technique",), recipe, folder / "run")
 """
 from prx_core.testing.matrix import (
     RESUME_AT,

@@ -5,18 +5,19 @@ and together with other installed techniques, in-process on a CPU::
 
     from prx_core.testing import check_combination, matrix_recipe
 
-    recipe = matrix_recipe(folder)                       # a tiny recipe and tiny random teachers
-    check_combination(("minsnr", "tread"), recipe, folder / "run")
+    recipe = matrix_recipe(folder)              # the tiny recipe, each technique's tiny settings
+    check_combination(("my_technique",), recipe, folder / "run")
 
 :func:`check_combination` runs every check of the matrix on one selection of techniques:
 
-* a selection with a declared conflict (two techniques sharing a role, a declared conflict, a
-  missing requirement) is refused with exactly those messages, worked out by :func:`refusals`
-  from the declarations alone; any other selection runs;
-* the run crosses a phase boundary. With a "schedule" technique (``multires``) its table gives
-  the phases; without one, the core plans one phase from ``[train]`` and :func:`two_phases` cuts
-  it into two identical halves, so the core still re-resolves routers, captures and losses at
-  step 2 (only a schedule changes the batch shape, which is how "changes_schedule" is told apart);
+* a selection with a declared conflict (two implementations of an exclusive hook, a declared
+  conflict, a missing requirement) is refused with exactly those messages, worked out by
+  :func:`refusals` from the declarations alone; any other selection runs;
+* the run crosses a phase boundary. With a technique that implements the schedule hook, its tiny
+  settings give the phases; without one, the core plans one phase from ``[train]`` and
+  :func:`two_phases` cuts it into two identical halves, so the core still re-resolves routers,
+  captures and losses at step 2 (only a schedule changes the batch shape, which is how
+  "changes_schedule" is told apart);
 * its losses are finite; the effects observed (:mod:`prx_core.effects`) are exactly those the
   active techniques declare, and the trace names only declaring techniques as their sources; the
   hook trace keeps the documented order;
@@ -25,10 +26,13 @@ and together with other installed techniques, in-process on a CPU::
 * resuming from the checkpoint written at step :data:`RESUME_AT` gives the same losses and
   weights as the uninterrupted run.
 
-Techniques with teachers run with tiny random-weight networks that :func:`write_tiny_teachers`
-saves: a 2-layer DINOv2 (repa, dino_perceptual) and timm's ``test_efficientnet`` (lpips needs a
-CNN's stages). A failed check raises AssertionError with what differed; the module needs no
-pytest, so any test runner can call it.
+Each technique runs with the table it declares in ``Technique.tiny_settings`` (its defaults when
+it declares none): settings that fit the 4-block model at 32 px and a 4-step run. Teachers are
+tiny random-weight networks that :func:`~prx_core.testing.teachers.write_tiny_teachers` saves,
+named in the settings by the placeholders ``"{vit}"`` (a 2-layer DINOv2) and ``"{cnn}"`` (timm's
+``test_efficientnet``, for losses that need a CNN's stages). So the matrix knows no technique by
+name, and a third party's technique gets every check without a change here. A failed check raises
+AssertionError with what differed; the module needs no pytest, so any test runner can call it.
 """
 from __future__ import annotations
 
@@ -71,17 +75,6 @@ RESUME_AT = 3
 """The step of the checkpoint a run resumes from: inside the second phase, so the resumed run
 restarts that phase at its checkpoint step."""
 
-TINY_TABLES: dict[str, dict[str, Any]] = {
-    "multires": {"phases": [{"name": "32px", "resolution": 32, "batch_size": 4, "steps": 2},
-                            {"name": "16px", "resolution": 16, "batch_size": 2, "steps": 2}]},
-    "repa": {"teacher": "{vit}", "block": 1, "projector_dim": 16},
-    "lpips": {"teacher": "{cnn}", "min_side": 16},
-    "dino_perceptual": {"teacher": "{vit}", "size": 28},
-}
-"""Tables for built-in techniques whose defaults do not fit the 4-block model at 32 px or need
-weights a test machine lacks ("{vit}", "{cnn}": the tiny teachers); the others run with defaults."""
-
-
 def _registry_or_installed(registry: Registry | None) -> Registry:
     """``registry``, or the installed techniques (:func:`prx_core.registry.discover`) when None."""
     return discover() if registry is None else registry
@@ -122,31 +115,36 @@ def subsets(registry: Registry | None = None) -> tuple[list[tuple[str, ...]], li
 
 
 def combo_id(names: Sequence[str]) -> str:
-    """A selection's name for test ids and folders: ``"repa+tread"``, ``"none"`` for the empty one."""
+    """A selection's name for test ids and folders: ``"a+b"``, ``"none"`` for the empty one."""
     return "+".join(names) or "none"
 
 
-def matrix_recipe(folder: Path, tables: Mapping[str, Mapping[str, Any]] | None = None,
-                  registry: Registry | None = None) -> Path:
+def matrix_recipe(folder: Path, registry: Registry | None = None) -> Path:
     """Write the matrix recipe into ``folder`` and return its path.
 
-    The recipe extends :data:`TINY_RECIPE`, trains :data:`STEPS` steps of
-    4 images, and has the table of :data:`TINY_TABLES` for each of its techniques that
-    ``registry`` (default: the installed ones) knows, plus ``tables``, which add or replace tables
-    by technique name (a plugin whose defaults do not fit the tiny model passes its table here).
-    The teacher placeholders ``"{vit}"`` and ``"{cnn}"`` in any table become the tiny teachers."""
+    The recipe extends :data:`TINY_RECIPE`, trains :data:`STEPS` steps of 4 images, and holds,
+    for every technique of ``registry`` (default: the installed ones) that declares them, its
+    ``Technique.tiny_settings`` as its table; the other techniques run with their defaults. The
+    teacher placeholders ``"{vit}"`` and ``"{cnn}"`` anywhere in a table become the tiny random
+    teachers (:func:`prx_core.testing.teachers.write_tiny_teachers`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     registry = _registry_or_installed(registry)
     teachers = write_tiny_teachers(folder)
-    chosen = {name: table for name, table in TINY_TABLES.items() if name in registry.techniques}
-    chosen.update(tables or {})
-    filled = {name: {key: teachers.get(value, value) if isinstance(value, str) else value
-                     for key, value in table.items()}
-              for name, table in chosen.items()}
+    filled = {name: _with_teachers(technique.tiny_settings, teachers)
+              for name, technique in sorted(registry.techniques.items()) if technique.tiny_settings}
     path = folder / "matrix.toml"
     path.write_text(tomli_w.dumps({"extends": str(TINY_RECIPE), "train": {"steps": STEPS, "batch_size": 4}, **filled}))
     return path
+
+
+def _with_teachers(value: Any, teachers: Mapping[str, str]) -> Any:
+    """``value`` (a table, array or scalar) with every teacher placeholder string replaced."""
+    if isinstance(value, Mapping):
+        return {key: _with_teachers(item, teachers) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_with_teachers(item, teachers) for item in value]
+    return teachers.get(value, value) if isinstance(value, str) else value
 
 
 @attrs.define
