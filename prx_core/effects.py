@@ -2,8 +2,8 @@
 their hooks in the documented order.
 
 Every technique declares in ``Technique.effects`` what it visibly does to a run, in the
-vocabulary of :data:`EFFECTS` (tabled in docs/plugins.md; tests/test_docs.py keeps the two in
-step). The interference matrix (prx_core.testing, run over every subset by tests/test_matrix.py) trains combinations of techniques and
+vocabulary of :data:`prx_core.types.EFFECTS` (tabled in docs/plugins.md; tests/test_docs.py keeps
+the two in step; discovery refuses a declaration outside it). The interference matrix (prx_core.testing, run over every subset by tests/test_matrix.py) trains combinations of techniques and
 compares what it observes here with what the active techniques declare.
 
 Two things are observed: the model and parameters of a :class:`Trainer`, through PyTorch hooks
@@ -24,50 +24,11 @@ from prx_core import hookspecs
 from prx_core.train.trainer import Trainer
 from prx_core.types import Technique
 
-EFFECTS: dict[str, str] = {
-    "routes_tokens": "some blocks see fewer image tokens than the image has patches (the step's route plan)",
-    "loss_term": "a loss term of that name appears in the steps' terms (metrics 'loss/<name>')",
-    "adds_module": "model.extras[<name>] exists and its parameters get non-zero gradients",
-    "optimizer": "the optimizer with that label steps the parameters it claimed (they change) and the "
-                 "default AdamW does not hold them",
-    "guides_sampling": "the sampler calls the technique's guidance",
-    "changes_schedule": "the batch shape (resolution or batch size) changes at a phase boundary",
-}
-"""Effect kind -> what observing it means. Kinds in :data:`NAMED` take ``:<name>``."""
-
-NAMED = ("loss_term", "adds_module", "optimizer")
 DEFAULT_OPTIMIZER = "adamw"
 """The label of the core's AdamW for parameters no technique claims."""
 
 Event = tuple[int | None, str, str, str]
 """A hook-trace event: (step or None, kind, name, technique)."""
-
-
-# --- the vocabulary -------------------------------------------------------------------------------
-
-
-def parse_effect(effect: str) -> tuple[str, str]:
-    """``"loss_term:repa"`` -> ``("loss_term", "repa")``; ``"routes_tokens"`` -> ``("routes_tokens", "")``.
-
-    Raises ValueError for a string outside the vocabulary."""
-    kind, _, name = effect.partition(":")
-    if kind not in EFFECTS:
-        raise ValueError(f"unknown effect kind {kind!r} in {effect!r}; the vocabulary is {', '.join(EFFECTS)}")
-    if (kind in NAMED) != bool(name):
-        form = f"{kind}:<name>" if kind in NAMED else kind
-        raise ValueError(f"effect {effect!r} must be written {form!r}")
-    return kind, name
-
-
-def effect_problems(technique: Technique) -> list[str]:
-    """What is wrong with ``technique.effects`` (empty when every entry is in the vocabulary)."""
-    problems = []
-    for effect in technique.effects:
-        try:
-            parse_effect(effect)
-        except ValueError as error:
-            problems.append(f"technique '{technique.name}': {error}")
-    return problems
 
 
 def declared_effects(techniques: Iterable[Technique]) -> dict[str, frozenset[str]]:

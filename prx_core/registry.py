@@ -25,7 +25,7 @@ from prx_core import hookspecs
 from prx_core.errors import PluginError
 from prx_core.recipe.errors_format import did_you_mean, names_list
 from prx_core.recipe.schema import CORE_KEYS, CORE_TABLES
-from prx_core.types import Technique
+from prx_core.types import Technique, parse_effect
 
 ENTRY_POINT_GROUP = "prx.plugins"
 ENV_ONLY = "PRX_PLUGINS"
@@ -267,6 +267,11 @@ def _check_declaration(technique: Technique) -> None:
         value = getattr(technique, field)
         if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
             raise PluginError(f"technique '{name}': {field} must be a tuple of strings, got {value!r}")
+    for effect in technique.effects:
+        try:
+            parse_effect(effect)
+        except ValueError as error:
+            raise PluginError(f"technique '{name}': {error}") from None
     settings = technique.tiny_settings
     if not isinstance(settings, Mapping) or not all(isinstance(key, str) for key in settings):
         raise PluginError(f"technique '{name}': tiny_settings must be a table (a dict with str keys), got {settings!r}")

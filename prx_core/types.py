@@ -146,6 +146,33 @@ class CostTerm:
     per: str = "image"
 
 
+EFFECTS: dict[str, str] = {
+    "routes_tokens": "some blocks see fewer image tokens than the image has patches (the step's route plan)",
+    "loss_term": "a loss term of that name appears in the steps' terms (metrics 'loss/<name>')",
+    "adds_module": "model.extras[<name>] exists and its parameters get non-zero gradients",
+    "optimizer": "the optimizer with that label steps the parameters it claimed (they change) and the "
+                 "default AdamW does not hold them",
+    "guides_sampling": "the sampler calls the technique's guidance",
+    "changes_schedule": "the batch shape (resolution or batch size) changes at a phase boundary",
+}
+"""Effect kind -> what observing it means. Kinds in :data:`NAMED` take ``:<name>``."""
+
+NAMED = ("loss_term", "adds_module", "optimizer")
+
+
+def parse_effect(effect: str) -> tuple[str, str]:
+    """``"loss_term:repa"`` -> ``("loss_term", "repa")``; ``"routes_tokens"`` -> ``("routes_tokens", "")``.
+
+    Raises ValueError for a string outside the vocabulary."""
+    kind, _, name = effect.partition(":")
+    if kind not in EFFECTS:
+        raise ValueError(f"unknown effect kind {kind!r} in {effect!r}; the vocabulary is {', '.join(EFFECTS)}")
+    if (kind in NAMED) != bool(name):
+        form = f"{kind}:<name>" if kind in NAMED else kind
+        raise ValueError(f"effect {effect!r} must be written {form!r}")
+    return kind, name
+
+
 @attrs.frozen
 class Technique:
     """What a plugin registers: its name, configuration class and declared behaviour.

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from prx_core import hookspecs
-from prx_core.effects import EFFECTS, documented_stages, hook_order_problems
+from prx_core.effects import documented_stages, hook_order_problems
 from prx_core.model.config import DenoiserConfig
 from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.registry import TRACKER_HOOK, discover
 from prx_core.techniques import HookTrace
 from prx_core.testing import TINY_RECIPE, matrix_recipe, train
-from prx_core.types import CostTerm, Phase, RunStart, Technique
+from prx_core.types import EFFECTS, CostTerm, Phase, RunStart, Technique
 
 ROOT = Path(__file__).parents[1]
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()

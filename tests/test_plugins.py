@@ -125,7 +125,8 @@ def installed(tmp_path_factory):
 
             @hookimpl
             def prx_register_techniques():
-                return [Technique(name="good_technique", plugin=Good, summary="works")]
+                return [Technique(name="good_technique", plugin=Good, summary="works", effects=("loss_term:good",),
+                                  conflicts=("rival",), requires=("helper",))]
             """
         )
     )
@@ -169,15 +170,22 @@ def test_prx_plugins_env_restricts_loading(installed, monkeypatch):
 
 
 def test_prx_plugins_command(installed, monkeypatch, capsys):
-    monkeypatch.setenv(plugins.ENV_ONLY, "good,boom")
+    """Each technique with what it declares and implements; a broken plugin listed with its error
+    and the exit code 2, so that a CI job fails on a broken installation."""
     monkeypatch.setattr(cli, "COMMANDS", ("plugins",))
+    monkeypatch.setenv(plugins.ENV_ONLY, "good")
     assert cli.main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "good_technique  (good -> fakeprx_good 1.2.3)" in out
-    assert "hooks: prx_cost" in out
-    assert "boom (fakeprx_boom): ImportError: needs libfoo" in out
-    assert cli.main(["plugins", "--json"]) == 0
+    assert "effects: loss_term:good" in out and "conflicts: rival" in out and "requires: helper" in out
+    assert "hooks: prx_cost" in out and "Failed to load" not in out
+    monkeypatch.setenv(plugins.ENV_ONLY, "good,boom")
+    assert cli.main(["plugins"]) == 2
+    assert "boom (fakeprx_boom): ImportError: needs libfoo" in capsys.readouterr().out
+    assert cli.main(["plugins", "--json"]) == 2
     report = json.loads(capsys.readouterr().out)
+    assert report["techniques"][0]["effects"] == ["loss_term:good"]
+    assert report["techniques"][0]["conflicts"] == ["rival"] and report["techniques"][0]["requires"] == ["helper"]
     assert report["techniques"][0]["name"] == "good_technique" and report["techniques"][0]["version"] == "1.2.3"
     assert report["broken"] == [
         {"entry_point": "boom", "module": "fakeprx_boom", "error": "ImportError: needs libfoo"}
@@ -238,17 +246,21 @@ def test_unknown_module_level_hook_and_bad_returns():
     not_list = types.ModuleType("fake_dict")
     not_list.prx_register_techniques = hookimpl(lambda: {"alpha": ALPHA})
     bad_name = _module("fake_name", Technique(name="train", plugin=Plain))
+    bad_effect = _module("fake_effect", Technique(name="effect", plugin=Plain, effects=("loss:effect",)))
+    unnamed = _module("fake_unnamed", Technique(name="unnamed", plugin=Plain, effects=("loss_term",)))
     raises = types.ModuleType("fake_raise")
 
     def crash():
         raise RuntimeError("kaput")
 
     raises.prx_register_techniques = hookimpl(crash)
-    registry = _registry(typo, not_list, bad_name, raises, MOD_AB)
+    registry = _registry(typo, not_list, bad_name, bad_effect, unnamed, raises, MOD_AB)
     errors = {b.module: b.error for b in registry.broken}
     assert "Did you mean 'prx_register_techniques'?" in errors["fake_typo"]
     assert "must return a list of prx_core.types.Technique" in errors["fake_dict"]
     assert "has the name of a core recipe key" in errors["fake_name"]
+    assert "technique 'effect': unknown effect kind 'loss'" in errors["fake_effect"]
+    assert "technique 'unnamed': effect 'loss_term' must be written 'loss_term:<name>'" in errors["fake_unnamed"]
     assert "raised RuntimeError: kaput" in errors["fake_raise"]
     assert sorted(registry.techniques) == ["alpha", "beta"]
 

@@ -1,5 +1,6 @@
-"""``prx plugins``: the installed techniques, where they come from, the hooks each implements, and
-the plugins that failed to load."""
+"""``prx plugins``: the installed techniques, where they come from, what each declares (effects,
+roles, conflicts, requirements) and implements (hooks), and the plugins that failed to load; the
+exit code says whether every plugin loaded."""
 from __future__ import annotations
 
 import argparse
@@ -13,10 +14,13 @@ from prx_core import registry as plugin_registry
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plugins",
-        help="list installed techniques, the hooks each implements, and plugins that failed to load",
+        help="list installed techniques, their declarations and hooks, and plugins that failed to load",
         description="List every technique found through the 'prx.plugins' entry-point group (restrict with "
-        "PRX_PLUGINS=name,name). A technique's name is what a recipe puts in `plugins = [...]` and the name of "
-        "its settings table.",
+        "PRX_PLUGINS=name,name): where it comes from, the effects it declares (what the interference matrix "
+        "checks), its roles (the exclusive hooks it implements), the techniques it conflicts with or requires, "
+        "and its hooks. A technique's name is what a recipe puts in `plugins = [...]` and the name of its "
+        "settings table. Plugins that failed to load are listed with the reason; the exit code is then 2 "
+        "(0 when every plugin loaded), so a CI job can check an installation with this command.",
         epilog="Example: prx plugins --json",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
@@ -55,7 +59,7 @@ def _plugins(args: argparse.Namespace) -> int:
         _print_rich(report)
     else:
         _print_plain(report)
-    return 0
+    return 2 if report["broken"] else 0
 
 
 def _origin(item: dict[str, Any]) -> str:
@@ -70,7 +74,7 @@ def _print_plain(report: dict[str, Any]) -> None:
         print(f"{item['name']}  ({_origin(item)})")
         if item["summary"]:
             print(f"  {item['summary']}")
-        for label in ("roles", "conflicts", "requires", "hooks"):
+        for label in ("effects", "roles", "conflicts", "requires", "hooks"):
             if item[label]:
                 print(f"  {label}: {', '.join(item[label])}")
     if report["broken"]:
@@ -86,10 +90,12 @@ def _print_rich(report: dict[str, Any]) -> None:
 
     console = Console()
     table = Table(title="Installed techniques")
-    for column in ("technique", "from", "summary", "roles", "hooks"):
+    for column in ("technique", "from", "summary", "effects", "roles", "conflicts / requires", "hooks"):
         table.add_column(column, overflow="fold")
     for item in report["techniques"]:
-        cells = (item["name"], _origin(item), item["summary"], ", ".join(item["roles"]), "\n".join(item["hooks"]))
+        relations = [f"conflicts: {name}" for name in item["conflicts"]] + [f"requires: {name}" for name in item["requires"]]
+        cells = (item["name"], _origin(item), item["summary"], "\n".join(item["effects"]), ", ".join(item["roles"]),
+                 "\n".join(relations), "\n".join(item["hooks"]))
         table.add_row(*map(Text, cells))
     console.print(table)
     if report["broken"]:
