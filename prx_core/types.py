@@ -80,6 +80,13 @@ class StepTensors:
     patch: int
     step: int
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The (rows, cols) token grid of this step's images: the denoiser sees an H x W image as
+        ``(H // patch) * (W // patch)`` tokens in row-major order, which is the order of a
+        captured block's rows (before a route's ``index`` picks some of them)."""
+        return self.x0.shape[-2] // self.patch, self.x0.shape[-1] // self.patch
+
 
 class Router(Protocol):
     """Chooses, for one step, which image tokens each routed block sees."""

@@ -13,6 +13,7 @@ from prx_core.model.denoiser import PRXDenoiser, patchify, unpatchify
 from prx_core.model.flops import train_flops_per_image
 from prx_core.model.layers import Block, RMSNorm, apply_rope, rope_tables, timestep_embedding
 from prx_core.plan import parameter_count
+from prx_core.types import StepTensors
 
 SMALL = DenoiserConfig(hidden=32, depth=3, heads=2, mlp_ratio=2.0, patch=4, bottleneck=16, text_dim=8)
 
@@ -325,3 +326,14 @@ def test_one_block_equals_the_recipe_formula_with_random_weights():
     expected = reference_block(block, x, text, vec, rows, cols, text_mask)
     assert (out - x).abs().mean() > 0.1  # the block does something
     assert torch.allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_step_tensors_give_the_token_grid_in_the_order_of_captured_rows():
+    """``StepTensors.grid`` is the (rows, cols) grid the denoiser patchifies the step's images into,
+    row-major, as a captured block's rows are laid out."""
+    images = torch.rand(2, 3, 32, 24)
+    step = StepTensors(images, images, torch.rand(2), images, {}, (), 8, 0)
+    assert step.grid == (4, 3)
+    tokens = patchify(images, 8)
+    assert tokens.shape[1] == 4 * 3
+    assert torch.equal(tokens[:, 1 * 3 + 2], images[:, :, 8:16, 16:24].reshape(2, -1))  # row 1, column 2

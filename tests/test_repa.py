@@ -127,11 +127,11 @@ def test_the_teacher_sees_the_clean_image_resized_by_the_chosen_mode(teacher):
     """PRX's REPA input: nearest-neighbour, no antialias (every other pixel when halving)."""
     x0 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
     projector = build_projector(MODEL.hidden, 16, teacher.dim)
-    nearest = RepaAlignment(projector, teacher, 1, 0.5, None, resize="nearest").targets(x0, 32, None)
+    nearest = RepaAlignment(projector, teacher, 1, 0.5, None, resize="nearest").targets(x0, (2, 2), None)
     with torch.no_grad():
         expected = teacher.patch_tokens(((x0 + 1) / 2)[:, :, ::2, ::2])  # 2 x 2 tokens of patch 32 -> 32 px
     torch.testing.assert_close(nearest, expected)
-    filtered = RepaAlignment(projector, teacher, 1, 0.5, None, resize="bilinear-antialias").targets(x0, 32, None)
+    filtered = RepaAlignment(projector, teacher, 1, 0.5, None, resize="bilinear-antialias").targets(x0, (2, 2), None)
     assert (filtered - nearest).abs().max() > 1e-3
     assert RepaConfig().resize == "nearest"
 

@@ -33,14 +33,14 @@ class RepaAlignment:
         self.input_scale = input_scale
         self.resize = resize
 
-    def targets(self, x0: torch.Tensor, patch: int, index: torch.Tensor | None) -> torch.Tensor:
-        """Teacher tokens (batch, tokens, teacher dim) for clean images ``x0`` in [-1, 1]."""
-        grid = (x0.shape[-2] // patch, x0.shape[-1] // patch)
+    def targets(self, x0: torch.Tensor, grid: tuple[int, int], index: torch.Tensor | None) -> torch.Tensor:
+        """Teacher tokens (batch, tokens, teacher dim) on the (rows, cols) token ``grid`` for clean
+        images ``x0`` in [-1, 1]; only the rows ``index`` picks when given."""
         with torch.no_grad():
             target = teacher_tokens_on_grid(self.teacher, (x0.detach() + 1) / 2, grid, self.input_scale, self.resize)
             return target if index is None else gather_tokens(target, index)
 
     def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
         captured = step.captured[self.block]
-        target = self.targets(step.x0, step.patch, captured.index)
+        target = self.targets(step.x0, step.grid, captured.index)
         return {self.name: self.weight * repa_loss(self.projector(captured.hidden), target)}
