@@ -58,8 +58,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-PLUGIN_MODULES = ("prx_tread.plugin", "prx_cfg.plugin", "prx_repa.plugin", "prx_perceptual.plugin",
-                  "prx_muon.plugin", "prx_multires.plugin")
+PLUGIN_MODULES = ("prx_tread.plugin", "prx_tread_guidance.plugin", "prx_cfg.plugin", "prx_repa.plugin",
+                  "prx_lpips.plugin", "prx_dino_perceptual.plugin", "prx_muon.plugin", "prx_multires.plugin")
 
 
 class Sizes(NamedTuple):

@@ -33,7 +33,7 @@ from prx_core.objective import add_noise, v_space_loss
 from prx_muon.newton_schulz import newton_schulz, newton_schulz_flops
 from prx_muon.optimizer import Muon
 from prx_muon.owners import assign_owners
-from prx_muon.plugin import block_matrices, block_matrix_shapes
+from prx_muon import block_matrices, block_matrix_shapes
 
 SETTINGS = dict(lr=1e-4, momentum=0.95, nesterov=True, weight_decay=0.0)
 

@@ -26,7 +26,7 @@ import torch
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, v_space_loss
 from prx_muon.optimizer import Muon
-from prx_muon.plugin import block_matrices, newton_schulz_flops_per_step
+from prx_muon import block_matrices, newton_schulz_flops_per_step
 from cpu_common import add_model_arguments, model_config, synthetic_batch
 
 SETTINGS = dict(lr=1e-4, momentum=0.95, nesterov=True, weight_decay=0.0)

@@ -49,3 +49,25 @@ def v_space_loss(x0_hat: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: t
     v_hat = velocity(x_t.float(), x0_hat.float(), t, floor)
     v = velocity(x_t.float(), x0.float(), t, floor)
     return (v_hat - v).pow(2).mean()
+
+
+def noise_gate(t: torch.Tensor, gate_t_clean: float) -> torch.Tensor:
+    """Per-sample weight 1 where ``1 - t >= gate_t_clean`` (clean enough), else 0 (t = 1 is noise):
+    for an auxiliary loss that applies only at low noise levels (PixelGen's perceptual losses use
+    0.3); 0 keeps every sample."""
+    return ((1 - t.float()) >= gate_t_clean).float()
+
+
+def noise_gate_problems(gate_t_clean: float) -> list[str]:
+    """What is wrong with a ``gate_t_clean`` setting (empty when it lies in [0, 1]), worded for a
+    technique's ``prx_check_recipe``."""
+    if 0 <= gate_t_clean <= 1:
+        return []
+    return [f"gate_t_clean = {gate_t_clean} must lie in [0, 1] (0: every noise level; PixelGen uses 0.3)."]
+
+
+def gated_mean(values: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``mean(values * gate)`` over the batch: gated-out samples count as zero, so a sample's
+    weight in the loss does not depend on how many others the gate drops (and no host read or
+    data-dependent indexing is needed)."""
+    return (values * gate).mean()

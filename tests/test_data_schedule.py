@@ -5,7 +5,8 @@ import pytest
 
 from prx_core.data.schedule import phase_at, phase_starts, total_steps
 from prx_core.types import Phase
-from prx_multires.plugin import MultiresConfig, PhaseConfig, prx_register_techniques, schedule_phases, schedule_problems
+from prx_multires import MultiresConfig, PhaseConfig, schedule_phases, schedule_problems
+from prx_multires.plugin import prx_register_techniques
 
 PRX = [
     Phase(name="512px", steps=100_000, resolution=512, batch_size=1024),

@@ -6,8 +6,9 @@ import importlib.metadata
 import pytest
 import torch
 
+from prx_cfg.config import CFGConfig
 from prx_cfg.guidance import ClassifierFreeGuidance, classifier_free, in_interval
-from prx_cfg.plugin import CFG, CFGConfig
+from prx_cfg.plugin import CFG
 from prx_cfg.plugin import prx_register_techniques as cfg_techniques
 from prx_core.errors import PluginError
 from prx_core.model.config import DenoiserConfig
@@ -16,10 +17,10 @@ from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.sampler import sample
 from prx_core.types import Conditioning, RunContext
 from prx_tread.config import RouteSpan
-from prx_tread.guidance import SAMPLING_STEP, SparseGuidance, sparse_guidance
-from prx_tread.plugin import TreadGuidance, TreadGuidanceConfig
-from prx_tread.plugin import prx_register_techniques as tread_techniques
 from prx_tread.router import TreadRouter
+from prx_tread_guidance import SAMPLING_STEP, SparseGuidance, TreadGuidanceConfig, sparse_guidance
+from prx_tread_guidance.plugin import TreadGuidance
+from prx_tread_guidance.plugin import prx_register_techniques as tread_techniques
 
 SMALL = DenoiserConfig(hidden=32, depth=4, heads=2, mlp_ratio=2.0, patch=4, bottleneck=16, text_dim=8)
 ROUTER = TreadRouter((RouteSpan(1, 2, 0.5),), seed=0, rank=0)
@@ -101,7 +102,7 @@ def test_tread_guidance_hook_uses_the_router_and_the_models_patch():
 
 def test_tread_guidance_rejects_a_negative_scale():
     bad = TreadGuidance(TreadGuidanceConfig(scale=-1.0), RunContext(recipe=Recipe()))
-    (problem,) = bad.prx_check_recipe(Recipe(), ("tread", "tread_guidance"))
+    (problem,) = bad.prx_check_recipe()
     assert problem.startswith("scale = -1.0")
 
 
@@ -141,10 +142,10 @@ def test_cfg_guides_only_inside_its_interval():
 def test_cfg_hook_and_value_checks():
     plugin = CFG(CFGConfig(scale=2.5, interval=(0.1, 0.9)), RunContext(recipe=Recipe()))
     assert plugin.prx_guidance(SampleConfig(), SMALL, None) == ClassifierFreeGuidance(2.5, (0.1, 0.9))
-    assert plugin.prx_check_recipe(Recipe(), ("cfg",)) == []
+    assert plugin.prx_check_recipe() == []
     assert CFGConfig() == CFGConfig(scale=4.0, interval=(0.0, 1.0))
     bad = CFG(CFGConfig(scale=float("inf"), interval=(0.9, 0.1)), RunContext(recipe=Recipe()))
-    problems = bad.prx_check_recipe(Recipe(), ("cfg",))
+    problems = bad.prx_check_recipe()
     assert len(problems) == 2 and problems[0].startswith("scale = inf") and problems[1].startswith("interval")
 
 
@@ -155,7 +156,7 @@ def test_both_guidance_techniques_hold_the_guidance_role():
     """The core refuses two active techniques implementing the exclusive prx_guidance."""
     from prx_core.registry import discover
 
-    registry = discover(only=["tread", "cfg"])
+    registry = discover(only=["tread_guidance", "cfg"])
     techniques = {t.name: t for t in [*tread_techniques(), *cfg_techniques()]}
     for name in ("tread_guidance", "cfg"):
         assert registry.roles(name) == ("guidance",)
@@ -170,7 +171,7 @@ def test_the_plugin_manager_refuses_two_guidance_techniques():
     from prx_core.registry import discover, selection_problems
     from prx_core.techniques import TechniqueSet
 
-    registry = discover(only=["tread", "cfg"])
+    registry = discover(only=["tread", "tread_guidance", "cfg"])
     assert not registry.broken
     (problem,) = selection_problems(["tread", "tread_guidance", "cfg"], registry, "the recipe")
     assert "guidance" in problem and "cfg" in problem and "tread_guidance" in problem

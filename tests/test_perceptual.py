@@ -12,13 +12,18 @@ import torch.nn.functional as F
 
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
+from prx_core.objective import gated_mean, noise_gate
 from prx_core.recipe.schema import Recipe
 from prx_core.teachers import QUICKSTART_FEATURE_NETWORK, load_teacher, teacher_forward_flops
 from prx_core.types import Phase, RunContext, StepTensors
-from prx_perceptual import dino_perceptual_loss, downsampled_size, gated_mean, lpips_distance, noise_gate
-from prx_perceptual.config import DinoPerceptualConfig, LpipsConfig
-from prx_perceptual.plugin import DinoPerceptual, Lpips, prx_register_techniques
-from prx_perceptual.terms import DinoPerceptualTerm, LpipsTerm
+from prx_dino_perceptual import DinoPerceptualConfig, dino_perceptual_loss
+from prx_dino_perceptual.plugin import DinoPerceptual
+from prx_dino_perceptual.plugin import prx_register_techniques as dino_techniques
+from prx_dino_perceptual.term import DinoPerceptualTerm
+from prx_lpips import LpipsConfig, downsampled_size, lpips_distance
+from prx_lpips.plugin import Lpips
+from prx_lpips.plugin import prx_register_techniques as lpips_techniques
+from prx_lpips.term import LpipsTerm
 
 MODEL = DenoiserConfig(hidden=32, depth=4, heads=2, mlp_ratio=2.0, patch=8, bottleneck=16, text_dim=8)
 
@@ -169,7 +174,7 @@ def context(lines: list[str]) -> RunContext:
 
 
 def test_registration_declares_both_loss_terms_with_the_recipe_defaults():
-    lpips_technique, dino_technique = prx_register_techniques()
+    (lpips_technique,), (dino_technique,) = lpips_techniques(), dino_techniques()
     assert (lpips_technique.name, lpips_technique.effects) == ("lpips", ("loss_term:lpips",))
     assert (dino_technique.name, dino_technique.effects) == ("dino_perceptual", ("loss_term:dino_perceptual",))
     assert (LpipsConfig().teacher, LpipsConfig().weight, LpipsConfig().scale) == ("lpips:vgg", 0.1, 0.5)
@@ -179,12 +184,11 @@ def test_registration_declares_both_loss_terms_with_the_recipe_defaults():
 
 
 def test_check_recipe_rejects_a_vit_for_lpips_and_bad_values():
-    recipe = Recipe()
-    assert Lpips(LpipsConfig(), context([])).prx_check_recipe(recipe, ("lpips",)) == []
+    assert Lpips(LpipsConfig(), context([])).prx_check_recipe() == []
     problems = Lpips(LpipsConfig(teacher="hf:facebook/dinov2-base", scale=0.0, gate_t_clean=1.5),
-                     context([])).prx_check_recipe(recipe, ("lpips",))
+                     context([])).prx_check_recipe()
     assert len(problems) == 3 and "gate_t_clean" in problems[0] and "is a ViT" in problems[1] and "scale" in problems[2]
-    assert DinoPerceptual(DinoPerceptualConfig(size=0), context([])).prx_check_recipe(recipe, ()) != []
+    assert DinoPerceptual(DinoPerceptualConfig(size=0), context([])).prx_check_recipe() != []
 
 
 def test_quickstart_network_is_logged_honestly_and_its_terms_run():
@@ -192,13 +196,12 @@ def test_quickstart_network_is_logged_honestly_and_its_terms_run():
     lpips_plugin = Lpips(LpipsConfig(teacher="efficientnet-lite0"), context(lines))
     dino_plugin = DinoPerceptual(DinoPerceptualConfig(teacher="efficientnet-lite0", size=64), context(lines))
     for plugin in (lpips_plugin, dino_plugin):
-        assert plugin.prx_configure_model(model=None, recipe=Recipe()) == {}
+        assert plugin.prx_configure_model() == {}
     assert "not calibrated LPIPS" in lines[0] and "standing in" not in lines[0]
     assert "a CNN standing in for the recipe's DINOv2" in lines[1]
-    phase = Phase("64", 1, 64, 2)
     x0, x0_hat, t = images(2, seed=1), images(2, seed=2), torch.tensor([0.2, 0.6])
-    (lpips_term,) = lpips_plugin.prx_auxiliary_losses(phase=phase, model=None)
-    (dino_term,) = dino_plugin.prx_auxiliary_losses(phase=phase, model=None)
+    (lpips_term,) = lpips_plugin.prx_auxiliary_losses()
+    (dino_term,) = dino_plugin.prx_auxiliary_losses()
     assert lpips_term.stage_weights is None
     assert lpips_term(step_of(x0, x0_hat, t))["lpips"] > 0
     assert dino_term(step_of(x0, x0_hat, t))["dino_perceptual"] > 0
@@ -218,4 +221,4 @@ def test_cost_is_three_teacher_forwards_per_image(dino_spec):
 def test_missing_vgg_weights_stop_the_run_at_model_set_up(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="vgg16-397923af.pth"):
-        Lpips(LpipsConfig(), context([])).prx_configure_model(model=None, recipe=Recipe())
+        Lpips(LpipsConfig(), context([])).prx_configure_model()

@@ -1,27 +1,15 @@
-"""The "cfg" technique: classifier-free guidance against the empty prompt."""
+"""The "cfg" technique: the thin plugin around classifier-free guidance (config in ``config.py``, the
+method in ``guidance.py``)."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import attrs
-
 from prx_core.hookspecs import hookimpl
 from prx_core.model.config import DenoiserConfig
 from prx_core.types import Router, RunContext, Technique
+from prx_cfg.config import CFGConfig
 from prx_cfg.guidance import ClassifierFreeGuidance
-
-
-@attrs.frozen(kw_only=True)
-class CFGConfig:
-    """``scale``: w in ``uncond + w * (cond - uncond)``. The default 4.0 sits in the usual range
-    for text-to-image models at 512 px (about 3 to 7); 1 is plain conditional sampling.
-    ``interval``: the noise levels [t_lo, t_hi] (t = 1 is noise) where guidance applies; the
-    conditional prediction is used outside; e.g. ``[0.1, 0.9]`` leaves the first and last stretch
-    of sampling unguided, where guidance mostly costs diversity and detail."""
-
-    scale: float = 4.0
-    interval: tuple[float, float] = (0.0, 1.0)
 
 
 class CFG:
@@ -31,7 +19,7 @@ class CFG:
         self.config = config
 
     @hookimpl
-    def prx_check_recipe(self, recipe: Any, active: tuple[str, ...]) -> list[str]:
+    def prx_check_recipe(self) -> list[str]:
         problems = []
         if not (math.isfinite(self.config.scale) and self.config.scale >= 0):
             problems.append(f"scale = {self.config.scale} must be a finite number >= 0 (1 means no guidance).")

@@ -1,82 +1,31 @@
-"""The "muon" technique: Muon steps the 2-D weight matrices inside the denoiser's blocks.
+"""The "muon" technique: the thin plugin around Muon (config in ``config.py``, the parameters it
+claims in ``blocks.py``, the optimizer in ``optimizer.py``): Muon steps the 2-D weight matrices
+inside the denoiser's blocks.
 
 It claims, through ``prx_optimizer_groups``, every 2-D parameter under ``blocks`` (qkv, text_kv,
 attn_out, gate, up, down and the modulation weight) and nothing else: the embeddings, the final
 layer, biases, norm scales and technique extras (e.g. REPA's projector) stay unclaimed and go to
-the core's AdamW from ``[optim]`` (docs/recipe.md §7).
+the core's AdamW from ``[optim]``.
 
-On one process with plain parameters the optimizer is ``torch.optim.Muon`` (its arithmetic is
-what :class:`prx_muon.optimizer.Muon` is tested against); with several processes, or with
-FSDP2-sharded parameters, it is :class:`prx_muon.optimizer.Muon`, which orthogonalises each
-matrix on one rank only. ``implementation`` forces one or the other.
+The optimizer is :class:`prx_muon.optimizer.Muon` (``implementation`` "auto" or "prx"), which
+equals ``torch.optim.Muon`` to the bit on one process and orthogonalises each matrix on one rank
+only under DDP and FSDP2; ``implementation = "torch"`` uses ``torch.optim.Muon`` itself (one
+process or DDP).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
-
-import attrs
 import torch
 import torch.distributed as dist
-from attrs import validators as v
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from prx_core.errors import PluginError, RecipeError
+from prx_core.errors import RecipeError
 from prx_core.hookspecs import hookimpl
 from prx_core.model.config import DenoiserConfig
-from prx_core.model.denoiser import PRXDenoiser
 from prx_core.types import CostTerm, OptimizerClaim, Phase, RunContext, Technique
-from prx_muon.newton_schulz import QUINTIC, newton_schulz_flops
+from prx_muon.blocks import block_matrices, newton_schulz_flops_per_step
+from prx_muon.config import MuonConfig
 from prx_muon.optimizer import Muon
-
-
-@attrs.define(kw_only=True)
-class MuonConfig:
-    """``[muon]``: the Muon settings of docs/recipe.md §7.
-
-    ``adjust_lr``: "match_rms_adamw" scales each matrix's update by 0.2·√max(m, n) so that the
-    AdamW learning rate carries over; "original" by √max(1, m/n).
-    ``implementation``: "auto" and "prx" use this package's optimizer (Newton–Schulz batched over
-    same-shape matrices, one owner rank per matrix; equal to ``torch.optim.Muon`` to the bit on
-    one process and about 2x faster on a CPU, 6 % on an H200 step); "torch" uses
-    ``torch.optim.Muon`` (one process or DDP only).
-    """
-
-    lr: float = attrs.field(default=1e-4, validator=v.ge(0.0))
-    momentum: float = attrs.field(default=0.95, validator=[v.ge(0.0), v.lt(1.0)])
-    nesterov: bool = True
-    ns_steps: int = attrs.field(default=5, validator=v.ge(1))
-    ns_coefficients: tuple[float, float, float] = QUINTIC
-    adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
-    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
-    implementation: Literal["auto", "torch", "prx"] = "auto"
-
-
-def block_matrices(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The 2-D parameters inside the denoiser's blocks, named as in ``model.named_parameters()``.
-
-    ``model`` is the denoiser or anything that contains one (a DDP or compile wrapper).
-    """
-    denoiser = next((m for m in model.modules() if isinstance(m, PRXDenoiser)), None)
-    if denoiser is None:
-        raise PluginError(
-            f"The muon technique claims the weight matrices of a PRXDenoiser's blocks, but the model handed to "
-            f"prx_optimizer_groups is a {type(model).__name__} with no PRXDenoiser inside. Build the model with "
-            f"prx_core.model.PRXDenoiser or remove 'muon' from the recipe's plugins."
-        )
-    inside = {id(p) for p in denoiser.blocks.parameters()}
-    return [(name, p) for name, p in model.named_parameters() if id(p) in inside and p.ndim == 2]
-
-
-def block_matrix_shapes(c: DenoiserConfig) -> list[tuple[int, int]]:
-    """(out, in) shapes of one block's 2-D weights: qkv, text_kv, attn_out, gate, up, down, modulation."""
-    h, f = c.hidden, c.mlp_hidden
-    return [(3 * h, h), (2 * h, h), (h, h), (f, h), (f, h), (h, f), (6 * h, h)]
-
-
-def newton_schulz_flops_per_step(c: DenoiserConfig, steps: int) -> float:
-    """Newton–Schulz FLOPs of one optimizer step over all block matrices (summed over ranks)."""
-    return c.depth * sum(newton_schulz_flops(shape, steps) for shape in block_matrix_shapes(c))
 
 
 class MuonTechnique:
@@ -87,7 +36,7 @@ class MuonTechnique:
         self.context = context
 
     @hookimpl
-    def prx_optimizer_groups(self, model: nn.Module, recipe: Any) -> list[OptimizerClaim]:
+    def prx_optimizer_groups(self, model: nn.Module) -> list[OptimizerClaim]:
         claimed = block_matrices(model)
         ids = {id(p) for _, p in claimed}
         rest = [p for _, p in model.named_parameters() if id(p) not in ids]

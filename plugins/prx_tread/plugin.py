@@ -1,18 +1,13 @@
-"""The "tread" (token routing) and "tread_guidance" (self-guidance) techniques."""
+"""The "tread" technique: the thin plugin around TREAD token routing (config in ``config.py``, the
+method as plain functions in ``routing.py`` and the per-step router in ``router.py``)."""
 from __future__ import annotations
 
-import math
-from typing import Any
-
-import attrs
-
-from prx_core.errors import PluginError, RecipeError
+from prx_core.errors import RecipeError
 from prx_core.hookspecs import hookimpl
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.flops import tokens_for
-from prx_core.types import CostTerm, Phase, Router, RunContext, Technique
+from prx_core.types import CostTerm, Phase, RunContext, Technique
 from prx_tread.config import TreadConfig, resolve_routes
-from prx_tread.guidance import SparseGuidance
 from prx_tread.router import TreadRouter
 from prx_tread.routing import routed_flops_saved
 
@@ -45,35 +40,6 @@ class Tread:
         return [CostTerm("tread", -saved, "denoiser")]
 
 
-@attrs.frozen(kw_only=True)
-class TreadGuidanceConfig:
-    """``scale``: w in ``routed + w * (dense - routed)``; 3.5 in the PRX recipe, 1 is plain dense."""
-
-    scale: float = 3.5
-
-
-class TreadGuidance:
-    """Guides sampling by extrapolating from a routed towards a dense conditional prediction."""
-
-    def __init__(self, config: TreadGuidanceConfig, context: RunContext):
-        self.config = config
-
-    @hookimpl
-    def prx_check_recipe(self, recipe: Any, active: tuple[str, ...]) -> list[str]:
-        if math.isfinite(self.config.scale) and self.config.scale >= 0:
-            return []
-        return [f"scale = {self.config.scale} must be a finite number >= 0 (3.5 in the PRX recipe)."]
-
-    @hookimpl
-    def prx_guidance(self, sample_config: Any, model_config: DenoiserConfig, router: Router | None) -> SparseGuidance:
-        if router is None:
-            raise PluginError(
-                "tread_guidance needs the routed pass of the \"tread\" technique, but no router was given: "
-                "add \"tread\" to the recipe's plugins, or use \"cfg\" for classifier-free guidance."
-            )
-        return SparseGuidance(router, model_config.patch, self.config.scale)
-
-
 @hookimpl
 def prx_register_techniques() -> list[Technique]:
     return [
@@ -83,13 +49,5 @@ def prx_register_techniques() -> list[Technique]:
             config=TreadConfig,
             summary="TREAD: a random share of image tokens skips the middle blocks during training.",
             effects=("routes_tokens",),
-        ),
-        Technique(
-            name="tread_guidance",
-            plugin=TreadGuidance,
-            config=TreadGuidanceConfig,
-            summary="Self-guidance: extrapolate from a routed towards a dense conditional prediction.",
-            effects=("guides_sampling",),
-            requires=("tread",),
         ),
     ]

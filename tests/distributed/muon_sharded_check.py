@@ -38,8 +38,9 @@ from prx_core.errors import RecipeError
 from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.types import RunContext
+from prx_muon import MuonConfig, block_matrices
 from prx_muon.optimizer import Muon
-from prx_muon.plugin import MuonConfig, MuonTechnique, block_matrices
+from prx_muon.plugin import MuonTechnique
 
 SETTINGS = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0)
 

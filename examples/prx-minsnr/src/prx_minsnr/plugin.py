@@ -1,4 +1,6 @@
-"""The "minsnr" technique: an auxiliary loss that caps each sample's weight in prx's objective.
+"""The "minsnr" technique: the thin plugin around an auxiliary loss that caps each sample's weight in
+prx's objective (config in ``config.py``, the method in ``weighting.py``, the per-step loss in
+``loss.py``).
 
 Select it in a recipe::
 
@@ -12,35 +14,11 @@ The step's total loss becomes ``diffusion + minsnr``, which weights each sample'
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import attrs
-import torch
-from torch import nn
 
 from prx_core.hookspecs import hookimpl
-from prx_core.types import Phase, RunContext, StepTensors, Technique
-from prx_minsnr.weighting import min_snr_correction
-
-
-@attrs.frozen(kw_only=True)
-class MinSnrConfig:
-    """``[minsnr]``: ``gamma`` is the largest weight a sample's x0 error may get (Min-SNR's
-    default, 5, caps every noise level below t = 0.45)."""
-
-    gamma: float = 5.0
-
-
-@attrs.frozen
-class MinSnrLoss:
-    """The per-step loss object: cheap, no host reads."""
-
-    gamma: float
-    floor: float
-    name: str = "minsnr"
-
-    def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
-        return {self.name: min_snr_correction(step.x0_hat, step.x0, step.t, self.gamma, self.floor)}
+from prx_core.types import RunContext, Technique
+from prx_minsnr.config import MinSnrConfig
+from prx_minsnr.loss import MinSnrLoss
 
 
 class MinSnr:
@@ -51,14 +29,14 @@ class MinSnr:
         self.context = context
 
     @hookimpl
-    def prx_check_recipe(self, recipe: Any, active: tuple[str, ...]) -> list[str]:
+    def prx_check_recipe(self) -> list[str]:
         gamma = self.config.gamma
         if math.isfinite(gamma) and gamma > 0:
             return []
         return [f"gamma = {gamma} must be a finite number > 0 (5 in the Min-SNR paper)."]
 
     @hookimpl
-    def prx_auxiliary_losses(self, phase: Phase, model: nn.Module) -> list[MinSnrLoss]:
+    def prx_auxiliary_losses(self) -> list[MinSnrLoss]:
         return [MinSnrLoss(self.config.gamma, self.context.recipe.objective.loss_t_floor)]
 
 

@@ -1,4 +1,4 @@
-"""The ``[lpips]`` and ``[dino_perceptual]`` recipe tables (defaults: docs/recipe.md §6)."""
+"""The ``[lpips]`` recipe table (defaults: the PRX recipe's)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -24,20 +24,3 @@ class LpipsConfig:
     min_side: int = 32
     gate_t_clean: float = 0.0
     resize: Literal["bilinear", "bilinear-antialias", "nearest"] = "bilinear"
-
-
-@attrs.frozen(kw_only=True)
-class DinoPerceptualConfig:
-    """``teacher``: DINOv2 ViT-B/14 with registers by default; a CNN such as
-    ``"efficientnet-lite0"`` stands in on machines without it (its stride-16 feature map gives
-    the tokens). Both images are resized to ``size`` x ``size`` ("pooled full image") by
-    ``resize`` (PRX: ``"bilinear"``, no antialias), then with ``clamp`` (PRX: true) mapped to [0, 1]
-    and clipped there, so the prediction's out-of-range values reach the teacher as black or white
-    (and pass no gradient). ``gate_t_clean`` as for LPIPS."""
-
-    teacher: str = "hf:facebook/dinov2-with-registers-base"
-    weight: float = 0.01
-    size: int = 224
-    gate_t_clean: float = 0.0
-    resize: Literal["bilinear", "bilinear-antialias", "nearest"] = "bilinear"
-    clamp: bool = True

@@ -1,12 +1,9 @@
-"""Perceptual losses as plain functions (after PixelGen, docs/recipe.md §6).
-
-Each returns one value per sample, so that a noise gate can weight samples without
-data-dependent control flow; average them (or use :func:`gated_mean`) for a scalar.
-"""
+"""LPIPS as plain functions: the distance between two images' multi-stage features, and the
+size both images are compared at. Each returns one value per sample, so that a noise gate can
+weight samples without data-dependent control flow."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 _EPS = 1e-10  # lpips.normalize_tensor's epsilon
 
@@ -36,28 +33,6 @@ def lpips_distance(features_x: list[torch.Tensor], features_y: list[torch.Tensor
             per_position = torch.einsum("bchw,c->bhw", squared, weights[stage].float())
         total = total + per_position.mean(dim=(1, 2))
     return total
-
-
-def dino_perceptual_loss(pred_tokens: torch.Tensor, target_tokens: torch.Tensor) -> torch.Tensor:
-    """``mean(1 - cos)`` over the patch tokens of each sample: (batch, tokens, dim) -> (batch,).
-
-    The gradient should flow through ``pred_tokens`` only: compute ``target_tokens`` without one.
-    """
-    return (1 - F.cosine_similarity(pred_tokens.float(), target_tokens.float(), dim=-1)).mean(dim=1)
-
-
-def noise_gate(t: torch.Tensor, gate_t_clean: float) -> torch.Tensor:
-    """Per-sample weight 1 where ``1 - t >= gate_t_clean`` (clean enough), else 0 (t = 1 is noise).
-
-    PixelGen applies its perceptual losses at ``t_clean >= 0.3`` only; 0 keeps every sample.
-    """
-    return ((1 - t.float()) >= gate_t_clean).float()
-
-
-def gated_mean(values: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``mean(values * gate)`` over the batch: gated-out samples count as zero, so a sample's
-    weight in the loss does not depend on how many others the gate drops."""
-    return (values * gate).mean()
 
 
 def downsampled_size(image_hw: tuple[int, int], scale: float, min_side: int) -> tuple[int, int]:

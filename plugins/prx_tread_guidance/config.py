@@ -1,0 +1,11 @@
+"""The ``[tread_guidance]`` recipe table."""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class TreadGuidanceConfig:
+    """``scale``: w in ``routed + w * (dense - routed)``; 3.5 in the PRX recipe, 1 is plain dense."""
+
+    scale: float = 3.5
