@@ -104,7 +104,7 @@ def subsets(registry: Registry | None = None) -> tuple[list[tuple[str, ...]], li
     The fast tier is the empty set, each technique alone, all of them, and the largest selections
     that run (no refusal); the slow tier is the rest. Trackers are left out: they implement no
     hook that can change training (discovery refuses one that does), so they would only multiply
-    the matrix; tests/test_trackers.py checks each against its own library's reader instead."""
+    the matrix; tests/plugins/test_trackers.py checks each against its own library's reader instead."""
     registry = _registry_or_installed(registry)
     names = registry.training_techniques
     every = [combo for size in range(len(names) + 1) for combo in itertools.combinations(names, size)]

@@ -1,9 +1,9 @@
 """``prx run`` whose every rank dies (SIGKILL) right after optimizer step K: a crash at a known step.
 
-    python -m torch.distributed.run --nproc-per-node 2 --standalone tests/distributed/crash_after_step.py \
+    python -m torch.distributed.run --nproc-per-node 2 --standalone tests/core/distributed/crash_after_step.py \
         K RECIPE --run-dir DIR [--set ...]
 
-Launched by ``tests/test_distributed.py``, which then resumes the run with ``--resume`` and
+Launched by ``tests/core/test_distributed.py``, which then resumes the run with ``--resume`` and
 compares it with an uninterrupted one. Nothing is flushed or saved at the crash: the resumed run
 has only what the last committed checkpoint holds.
 """

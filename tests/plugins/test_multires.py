@@ -1,10 +1,14 @@
-"""Phases of a resolution schedule: step -> phase, and the multires technique."""
+"""multires: the schedule as plain functions (config -> phases, the problems it names), its
+declaration, and its table structured from a recipe into phases by the core."""
 from __future__ import annotations
 
-import pytest
+import importlib.metadata
 
-from prx_core.data.schedule import phase_at, phase_starts, total_steps
-from prx_core.types import Phase
+from prx_core.plan import model_config
+from prx_core.recipe.loader import load_recipe
+from prx_core.registry import discover
+from prx_core.techniques import TechniqueSet
+from prx_core.types import Phase, RunContext
 from prx_multires import MultiresConfig, PhaseConfig, schedule_phases, schedule_problems
 from prx_multires.plugin import prx_register_techniques
 
@@ -12,30 +16,6 @@ PRX = [
     Phase(name="512px", steps=100_000, resolution=512, batch_size=1024),
     Phase(name="1024px", steps=20_000, resolution=1024, batch_size=512, disabled=("repa",)),
 ]
-
-
-@pytest.mark.parametrize(
-    ("step", "expected"),
-    [(0, (0, 0)), (99_999, (0, 99_999)), (100_000, (1, 0)), (119_999, (1, 19_999)), (120_000, (1, 20_000))],
-)
-def test_phase_at(step, expected):
-    assert phase_at(PRX, step) == expected
-
-
-def test_phase_bookkeeping():
-    assert phase_starts(PRX) == [0, 100_000]
-    assert total_steps(PRX) == 120_000
-    single = [Phase(name="train", steps=10, resolution=64, batch_size=32)]
-    assert [phase_at(single, s) for s in (0, 9)] == [(0, 0), (0, 9)]
-    with pytest.raises(ValueError):
-        phase_at(PRX, -1)
-    with pytest.raises(ValueError):
-        phase_at([], 0)
-
-
-def test_zero_step_phase_is_skipped():
-    phases = [Phase("a", 0, 64, 8), Phase("b", 5, 64, 8)]
-    assert phase_at(phases, 0) == (1, 0)
 
 
 def _config():
@@ -67,17 +47,14 @@ def test_technique_declaration_and_hook():
     (technique,) = prx_register_techniques()
     assert technique.name == "multires"
     assert technique.effects == ("changes_schedule",)
+    assert discover(only=["multires"]).roles("multires") == ("schedule",)
+    entry_points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="prx.plugins")}
+    assert entry_points["multires"] == "prx_multires.plugin"
     instance = technique.plugin(_config(), None)
     assert instance.prx_resolution_schedule(recipe=None) == PRX
 
 
 def test_recipe_table_structures_into_the_schedule(tmp_path):
-    from prx_core.plan import model_config
-    from prx_core.recipe.loader import load_recipe
-    from prx_core.registry import discover
-    from prx_core.techniques import TechniqueSet
-    from prx_core.types import RunContext
-
     path = tmp_path / "r.toml"
     path.write_text(
         'plugins = ["multires"]\n[model]\npreset = "prx-test"\n[multires]\nphases = [\n'

@@ -1,9 +1,9 @@
 """``prx run`` killed (SIGKILL) right after optimizer step K, once every tracker has written the
 metrics of step K - 1: a crash after the trackers hold steps that the last checkpoint does not.
 
-    python tests/trackers/kill_after_logged_step.py K RECIPE --run-dir DIR [--set ...]
+    python tests/plugins/trackers/kill_after_logged_step.py K RECIPE --run-dir DIR [--set ...]
 
-Launched by ``tests/test_trackers.py``, which then resumes the run with ``--resume`` and reads
+Launched by ``tests/plugins/test_trackers.py``, which then resumes the run with ``--resume`` and reads
 back what each tracker holds.
 """
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""x-prediction with the loss in v-space (docs/recipe.md §2): time sampling, noising, the loss."""
+"""x-prediction with the loss in v-space (docs/recipe.md §2): time sampling, noising, the loss, and
+the noise gate of auxiliary losses."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from prx_core.objective import add_noise, sample_time, shift_time, v_space_loss, velocity
+from prx_core.objective import add_noise, gated_mean, noise_gate, sample_time, shift_time, v_space_loss, velocity
 from prx_core.recipe.schema import ObjectiveConfig
 
 
@@ -103,3 +104,10 @@ def test_v_space_loss_computes_in_fp32_from_bf16_predictions():
     loss = v_space_loss(x0_hat, x0, add_noise(x0, torch.randn_like(x0), t), t, floor=0.05)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(((x0_hat.float() - x0) / 0.5).pow(2).mean().item(), rel=1e-4)
+
+
+def test_noise_gate_keeps_the_samples_clean_enough_and_the_gated_mean_counts_the_others_as_zero():
+    t = torch.tensor([0.1, 0.75, 0.69, 1.0])
+    assert noise_gate(t, 0.3).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert noise_gate(t, 0.0).tolist() == [1.0] * 4
+    assert gated_mean(torch.tensor([1.0, 2.0, 3.0, 4.0]), noise_gate(t, 0.3)).item() == pytest.approx(1.0)

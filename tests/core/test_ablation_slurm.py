@@ -24,7 +24,7 @@ from prx_core.cli.ablate_cmd import parse_time
 from prx_core.errors import UserError
 from prx_core.testing import TINY_RECIPE
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 TINY = TINY_RECIPE
 LOCAL = ["--executor", "slurm", "--slurm-cluster", "local", "--time", "10"]
 

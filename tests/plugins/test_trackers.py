@@ -23,9 +23,9 @@ from prx_core.cli import main
 from prx_core.testing import TINY_RECIPE, subsets
 from prx_core.types import Technique
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 TINY = TINY_RECIPE
-KILL = ROOT / "tests" / "trackers" / "kill_after_logged_step.py"
+KILL = Path(__file__).parent / "trackers" / "kill_after_logged_step.py"
 STEPS, KILLED_AT = 8, 6  # checkpoints at 3 and 6; the kill comes after step 6, before its checkpoint
 CHECKPOINT = 3
 DETERMINISTIC = ("loss", "loss/diffusion", "lr", "grad_norm")

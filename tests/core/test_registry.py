@@ -1,105 +1,34 @@
-"""The plugin manager: discovery through entry points (broken plugins isolated, PRX_PLUGINS),
-declaration checks, TechniqueSet (roles, conflicts, requires, hook checks, order-free calls,
-trace, optimizer claims) and ``prx plugins``."""
+"""Discovery and the selection checks (prx_core.registry): plugins found through entry points
+(broken ones isolated, PRX_PLUGINS), declaration checks, exclusive hooks, conflicts and
+requirements refused before anything is built, and ``prx plugins``."""
 from __future__ import annotations
 
 import json
 import textwrap
 import types
 
-import attrs
 import pytest
-import torch
-from torch import nn
+from fake_techniques import (
+    ALPHA,
+    BETA,
+    MOD_AB,
+    MOD_REST,
+    MODEL,
+    PHASE,
+    Misspelled,
+    Plain,
+    fake_module,
+    fake_registry,
+    fake_set,
+)
 
 from prx_core import cli, hookspecs
 from prx_core import registry as plugins
-from prx_core.errors import PluginError, RecipeError
+from prx_core.errors import RecipeError
 from prx_core.hookspecs import hookimpl
 from prx_core.recipe.loader import load_recipe
-from prx_core.recipe.schema import Recipe
-from prx_core.techniques import ENV_TRACE, TechniqueSet
-from prx_core.types import OptimizerClaim, Phase, RunContext, Technique
-
-PHASE = Phase(name="p", steps=10, resolution=64, batch_size=2)
-MODEL = Recipe().model.resolve(text_dim=8)
-
-
-# --- fake techniques ------------------------------------------------------------------------
-
-
-@attrs.define(kw_only=True)
-class AlphaConfig:
-    ratio: float = 0.5
-
-
-class Alpha:
-    def __init__(self, config, context):
-        self.config = config
-
-    @hookimpl
-    def prx_cost(self, phase):  # names only one of the hook's three arguments
-        return ("alpha", phase.name, self.config.ratio)
-
-    @hookimpl
-    def prx_check_recipe(self, recipe, active):
-        return [] if self.config.ratio <= 1 else ["[alpha] ratio must be at most 1"]
-
-    @hookimpl
-    def prx_state_dict(self):
-        return None  # dropped from call() results
-
-
-class Beta:
-    def __init__(self, config, context):
-        pass
-
-    @hookimpl
-    def prx_cost(self, model_config, phase):
-        return ("beta", model_config)
-
-    @hookimpl
-    def prx_guidance(self, sample_config, model_config, router):
-        return "beta-guidance"
-
-
-class Plain:
-    def __init__(self, config, context):
-        pass
-
-    @hookimpl
-    def prx_guidance(self, router):
-        return "plain-guidance"
-
-
-def _module(name: str, *techniques: Technique) -> types.ModuleType:
-    module = types.ModuleType(name)
-
-    @hookimpl
-    def prx_register_techniques():
-        return list(techniques)
-
-    module.prx_register_techniques = prx_register_techniques
-    return module
-
-
-ALPHA = Technique(name="alpha", plugin=Alpha, config=AlphaConfig, summary="a", effects=("routes_tokens",))
-BETA = Technique(name="beta", plugin=Beta)  # implements prx_guidance, an exclusive hook: role "guidance"
-GAMMA = Technique(name="gamma", plugin=Plain)
-DELTA = Technique(name="delta", plugin=Plain, conflicts=("alpha",))
-EPSILON = Technique(name="epsilon", plugin=Plain, requires=("alpha",))
-MOD_AB = _module("fake_ab", ALPHA, BETA)
-MOD_REST = _module("fake_rest", GAMMA, DELTA, EPSILON)
-
-
-def _registry(*modules: object) -> plugins.Registry:
-    return plugins.discover(only=[], extra_modules=modules or (MOD_AB, MOD_REST))
-
-
-def _set(names: list[str], registry: plugins.Registry | None = None, log=print, **techniques) -> TechniqueSet:
-    recipe = Recipe(plugins=names, techniques=techniques)
-    return TechniqueSet(recipe, registry or _registry(), RunContext(recipe=recipe, log=log), MODEL)
-
+from prx_core.techniques import TechniqueSet
+from prx_core.types import RunContext, Technique
 
 # --- discovery through real entry points ----------------------------------------------------
 
@@ -195,15 +124,6 @@ def test_prx_plugins_command(installed, monkeypatch, capsys):
 # --- declaration checks at discovery --------------------------------------------------------
 
 
-class Misspelled:
-    def __init__(self, config, context):
-        pass
-
-    @hookimpl
-    def prx_routin(self, phase):
-        return None
-
-
 class Unmarked:
     def __init__(self, config, context):
         pass
@@ -233,8 +153,8 @@ class WrongArgument:
     ],
 )
 def test_bad_plugin_class_is_broken_and_others_survive(plugin, message):
-    module = _module("fake_bad", Technique(name="bad", plugin=plugin), ALPHA)
-    registry = _registry(module, _module("fake_ok", BETA))
+    module = fake_module("fake_bad", Technique(name="bad", plugin=plugin), ALPHA)
+    registry = fake_registry(module, fake_module("fake_ok", BETA))
     assert sorted(registry.techniques) == ["alpha", "beta"]
     [broken] = registry.broken
     assert broken.module == "fake_bad" and message in broken.error
@@ -245,16 +165,16 @@ def test_unknown_module_level_hook_and_bad_returns():
     typo.prx_register_technique = hookimpl(lambda: [ALPHA])
     not_list = types.ModuleType("fake_dict")
     not_list.prx_register_techniques = hookimpl(lambda: {"alpha": ALPHA})
-    bad_name = _module("fake_name", Technique(name="train", plugin=Plain))
-    bad_effect = _module("fake_effect", Technique(name="effect", plugin=Plain, effects=("loss:effect",)))
-    unnamed = _module("fake_unnamed", Technique(name="unnamed", plugin=Plain, effects=("loss_term",)))
+    bad_name = fake_module("fake_name", Technique(name="train", plugin=Plain))
+    bad_effect = fake_module("fake_effect", Technique(name="effect", plugin=Plain, effects=("loss:effect",)))
+    unnamed = fake_module("fake_unnamed", Technique(name="unnamed", plugin=Plain, effects=("loss_term",)))
     raises = types.ModuleType("fake_raise")
 
     def crash():
         raise RuntimeError("kaput")
 
     raises.prx_register_techniques = hookimpl(crash)
-    registry = _registry(typo, not_list, bad_name, bad_effect, unnamed, raises, MOD_AB)
+    registry = fake_registry(typo, not_list, bad_name, bad_effect, unnamed, raises, MOD_AB)
     errors = {b.module: b.error for b in registry.broken}
     assert "Did you mean 'prx_register_techniques'?" in errors["fake_typo"]
     assert "must return a list of prx_core.types.Technique" in errors["fake_dict"]
@@ -266,7 +186,7 @@ def test_unknown_module_level_hook_and_bad_returns():
 
 
 def test_name_clash_marks_both_providers_broken():
-    registry = _registry(MOD_AB, _module("fake_other", Technique(name="alpha", plugin=Plain)), MOD_REST)
+    registry = fake_registry(MOD_AB, fake_module("fake_other", Technique(name="alpha", plugin=Plain)), MOD_REST)
     assert "alpha" not in registry.techniques and "beta" in registry.techniques
     clash = {b.module: b.error for b in registry.broken}
     assert set(clash) == {"fake_ab", "fake_other"}
@@ -277,7 +197,7 @@ def test_name_clash_marks_both_providers_broken():
 
 
 def test_implementing_an_exclusive_hook_is_the_role_and_two_holders_are_refused(tmp_path):
-    registry = _registry()
+    registry = fake_registry()
     assert hookspecs.EXCLUSIVE == {"prx_resolution_schedule": "schedule", "prx_routing": "routing",
                                    "prx_guidance": "guidance"}
     assert registry.roles("beta") == registry.roles("gamma") == ("guidance",) and registry.roles("alpha") == ()
@@ -287,110 +207,27 @@ def test_implementing_an_exclusive_hook_is_the_role_and_two_holders_are_refused(
                                           r"\(at most one technique may implement prx_guidance\)"):
         TechniqueSet(recipe, registry, RunContext(recipe=recipe), MODEL)
     # the one holder answers alone; a hook that is not exclusive is not called this way
-    assert _set(["alpha", "beta"]).call_one("prx_guidance", sample_config=None, model_config=None,
+    assert fake_set(["alpha", "beta"]).call_one("prx_guidance", sample_config=None, model_config=None,
                                             router=None) == ("beta", "beta-guidance")
-    assert _set(["alpha"]).call_one("prx_guidance", sample_config=None, model_config=None, router=None) == ("", None)
+    assert fake_set(["alpha"]).call_one("prx_guidance", sample_config=None, model_config=None, router=None) == ("", None)
     with pytest.raises(ValueError, match="prx_cost is not an exclusive hook"):
-        _set(["alpha"]).call_one("prx_cost", phase=PHASE, model_config=None, text_tokens=8)
+        fake_set(["alpha"]).call_one("prx_cost", phase=PHASE, model_config=None, text_tokens=8)
 
 
 def test_declared_conflict_and_missing_requirement():
     with pytest.raises(RecipeError, match=r"selects delta and alpha, which cannot be used together \(delta declares a"):
-        _set(["alpha", "delta"])
+        fake_set(["alpha", "delta"])
     with pytest.raises(RecipeError, match='epsilon requires alpha; add "alpha" to plugins'):
-        _set(["epsilon"])
-    assert _set(["epsilon", "alpha"]).names == ("alpha", "epsilon")
+        fake_set(["epsilon"])
+    assert fake_set(["epsilon", "alpha"]).names == ("alpha", "epsilon")
 
 
 def test_unknown_technique_lists_installed_and_broken():
     broken = types.ModuleType("fake_broken")
     broken.prx_register_techniques = hookimpl(lambda: "nonsense")
     with pytest.raises(RecipeError) as info:
-        _set(["alhpa"], registry=_registry(MOD_AB, broken))
+        fake_set(["alhpa"], registry=fake_registry(MOD_AB, broken))
     message = str(info.value)
     assert message.startswith("the recipe: plugins names 'alhpa', which is not an installed technique.")
     assert "Did you mean 'alpha'?" in message and "Installed techniques: alpha and beta." in message
     assert "Plugin 'fake_broken' (fake_broken) failed to load: prx_register_techniques must return" in message
-
-
-def test_misspelled_hook_on_an_instance_is_caught():
-    """A registry built by hand skips discovery's class checks; the run's manager still refuses."""
-    registry = plugins.Registry({"typo": Technique(name="typo", plugin=Misspelled)}, {}, {}, ())
-    with pytest.raises(PluginError, match="defines prx_routin, which is not a prx hook.*prx_routing"):
-        _set(["typo"], registry=registry)
-
-
-def test_prx_check_recipe_problems_raise():
-    with pytest.raises(RecipeError, match=r"alpha: \[alpha\] ratio must be at most 1\."):
-        _set(["alpha"], alpha=AlphaConfig(ratio=2.0))
-
-
-# --- TechniqueSet: calls --------------------------------------------------------------------
-
-
-def test_instances_get_recipe_config_or_default():
-    techniques = _set(["alpha", "beta"], alpha=AlphaConfig(ratio=0.1))
-    assert techniques.instances["alpha"].config == AlphaConfig(ratio=0.1)
-    assert _set(["alpha"]).instances["alpha"].config == AlphaConfig()
-
-
-def test_call_order_and_arguments_do_not_depend_on_registration_or_recipe_order():
-    forward = _set(["alpha", "beta"], registry=_registry(MOD_AB))
-    backward = _set(
-        ["beta", "alpha"], registry=_registry(_module("fake_b", BETA), _module("fake_a", ALPHA))
-    )
-    expected = [("alpha", ("alpha", "p", 0.5)), ("beta", ("beta", "cfg"))]
-    assert forward.call("prx_cost", phase=PHASE, model_config="cfg", text_tokens=8) == expected
-    assert backward.call("prx_cost", phase=PHASE, model_config="cfg", text_tokens=8) == expected
-    # pluggy's own call order is reverse registration order; ours ignores it
-    assert [r[0] for r in forward.pm.hook.prx_cost(phase=PHASE, model_config="cfg", text_tokens=8)] == ["beta", "alpha"]
-
-
-def test_call_skips_disabled_techniques_and_drops_none():
-    techniques = _set(["alpha", "beta"])
-    off = Phase(name="hi", steps=1, resolution=64, batch_size=1, disabled=("alpha",))
-    assert techniques.call("prx_cost", phase=off, model_config="m", text_tokens=8) == [("beta", ("beta", "m"))]
-    assert techniques.call("prx_state_dict") == []
-    with pytest.raises(ValueError, match="unknown hook"):
-        techniques.call("prx_routin")
-
-
-def test_trace_records_hooks_and_logs_with_prx_trace(monkeypatch):
-    lines: list[str] = []
-    monkeypatch.setenv(ENV_TRACE, "1")
-    techniques = _set(["alpha", "gamma"], log=lines.append)
-    techniques.trace.clear()
-    techniques.call("prx_guidance", sample_config=None, model_config=None, router=None)
-    techniques.call("prx_state_dict")
-    techniques.trace.record("route", "keep=0.5", "alpha", step=3)
-    assert techniques.trace.events == [
-        (None, "hook", "prx_guidance", "gamma"),
-        (None, "hook", "prx_state_dict", "alpha"),
-        (3, "route", "keep=0.5", "alpha"),
-    ]
-    assert lines[-1] == "trace: step 3 route keep=0.5 [alpha]"
-    monkeypatch.delenv(ENV_TRACE)
-    quiet: list[str] = []
-    _set(["alpha"], log=quiet.append).call("prx_state_dict")
-    assert quiet == []
-
-
-# --- optimizer claims -----------------------------------------------------------------------
-
-
-def _claim(owner: str, model: nn.Module, names: list[str]) -> tuple[str, OptimizerClaim]:
-    params = dict(model.named_parameters())
-    chosen = tuple((name, params[name]) for name in names)
-    return owner, OptimizerClaim(owner=owner, params=chosen, build=lambda p: torch.optim.SGD(p, lr=0.1))
-
-
-def test_check_claims():
-    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
-    techniques = _set(["alpha", "beta"])
-    techniques.check_claims([_claim("alpha", model, ["0.weight"]), _claim("beta", model, ["1.weight"])], model)
-    with pytest.raises(RecipeError, match="parameter '0.weight' is claimed by both alpha and beta"):
-        techniques.check_claims([_claim("beta", model, ["0.weight"]), _claim("alpha", model, ["0.weight"])], model)
-    stranger = nn.Parameter(torch.zeros(1))
-    foreign = ("alpha", OptimizerClaim(owner="alpha", params=(("extra.w", stranger),), build=torch.optim.SGD))
-    with pytest.raises(RecipeError, match="alpha claims 'extra.w', which is not a parameter of the model"):
-        techniques.check_claims([foreign], model)

@@ -18,7 +18,7 @@ from prx_core.recipe.loader import dump_recipe_toml, load_recipe, recipe_path, r
 from prx_core.recipe.schema import Recipe
 from prx_core.types import Technique
 
-RECIPES = Path(__file__).parent / "fixtures" / "recipes"
+RECIPES = Path(__file__).parents[1] / "fixtures" / "recipes"
 
 
 @attrs.define(kw_only=True)

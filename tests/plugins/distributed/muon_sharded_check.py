@@ -1,8 +1,8 @@
 """Checks Muon under FSDP2 and DDP against single-process ``torch.optim.Muon`` (run by torchrun).
 
-    python -m torch.distributed.run --nproc-per-node 2 --standalone tests/distributed/muon_sharded_check.py DIR
+    python -m torch.distributed.run --nproc-per-node 2 --standalone tests/plugins/distributed/muon_sharded_check.py DIR
 
-Launched by ``tests/test_muon.py``; DIR is a scratch directory for the checkpoint round trip.
+Launched by ``tests/plugins/test_muon.py``; DIR is a scratch directory for the checkpoint round trip.
 Every rank builds the same PRX test denoiser (plus two odd-shaped matrices whose row-shards are
 uneven, one of them empty on rank 1), shards a copy with ``fully_shard`` and keeps plain copies
 as references. Each step gives all copies the same full gradients and checks:

@@ -162,3 +162,4 @@ def test_renderer_shows_phases_terms_and_reference():
     text = console.export_text()
     assert "1.364" in text and "-0.480" in text and "0.884" in text
     assert "reference (32 x H200, 24 h)" in text and "1,536" in text
+

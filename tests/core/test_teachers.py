@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from transformers import DINOv3ViTConfig
 
@@ -33,7 +32,6 @@ from prx_core.teachers import (
     teacher_forward_flops,
     teacher_memory_format,
 )
-from prx_repa.grid import teacher_tokens_on_grid
 
 PREFIX_TOKENS = {"dinov3_vit": 5, "dinov2_with_registers": 5, "dinov2": 1}
 """CLS plus register tokens in front of the patch tokens, per model type."""
@@ -214,20 +212,7 @@ def test_weights_of_another_architecture_are_rejected(random_effnet):
         load_teacher(f"timm:resnet18@{parse_teacher_spec(random_effnet[0]).weights}")
 
 
-# --- grid alignment and cost ----------------------------------------------------------------------
-
-
-def test_tokens_on_grid_resize_the_image_to_the_teachers_patch_or_resample_the_features(random_vits, random_effnet):
-    vit = load_teacher(random_vits["dinov3_vit"][0])
-    images = torch.rand(2, 3, 32, 24)
-    grid = (4, 3)  # a patch-8 denoiser on 32 x 24 px
-    expected = vit.patch_tokens(F.interpolate(images, size=(64, 48), mode="bilinear", align_corners=False))
-    torch.testing.assert_close(teacher_tokens_on_grid(vit, images, grid), expected)
-
-    cnn = load_teacher(random_effnet[0])
-    own = cnn.stages(images)[3]  # stride 16: 2 x 2 at the image's own size
-    expected = F.interpolate(own, size=grid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(teacher_tokens_on_grid(cnn, images, grid, input_scale=1.0), expected)
+# --- cost ----------------------------------------------------------------------------------------
 
 
 def test_forward_flops_are_counted_on_the_meta_device_without_weights(random_vits):

@@ -1,8 +1,8 @@
 """Checks FSDP2's bf16 mixed precision in the trainer (run by torchrun, 2 gloo processes on CPU).
 
-    python -m torch.distributed.run --nproc-per-node 2 --standalone tests/distributed/mixed_precision_check.py
+    python -m torch.distributed.run --nproc-per-node 2 --standalone tests/core/distributed/mixed_precision_check.py
 
-Launched by ``tests/test_distributed.py``. With ``precision = "bf16"`` and ``strategy = "fsdp"``:
+Launched by ``tests/core/test_distributed.py``. With ``precision = "bf16"`` and ``strategy = "fsdp"``:
 
 1. the blocks compute with bf16 weights (gathered in bf16), while the shards, their gradients'
    reduction, the optimizer state and the EMA stay fp32;

@@ -24,7 +24,7 @@ from prx_core.teachers import load_teacher, teacher_forward_flops
 from prx_core.techniques import TechniqueSet
 from prx_core.train.trainer import Trainer
 from prx_core.types import Conditioning, Phase, Route, RunContext, StepTensors
-from prx_repa import build_projector, projector_forward_flops, repa_loss
+from prx_repa import build_projector, projector_forward_flops, repa_loss, teacher_tokens_on_grid
 from prx_repa.alignment import RepaAlignment
 from prx_repa.config import RepaConfig
 from prx_repa.plugin import Repa, prx_register_techniques
@@ -256,3 +256,16 @@ def test_projector_is_stepped_by_adam_and_repa_switches_off_in_a_disabled_phase(
 
     metrics = step(Phase("again", 1, SIDE, 2), 2)
     assert "loss/repa" in metrics
+
+
+def test_tokens_on_grid_resize_the_image_to_the_teachers_patch_or_resample_the_features(random_vits, random_effnet):
+    vit = load_teacher(random_vits["dinov3_vit"][0])
+    images = torch.rand(2, 3, 32, 24)
+    grid = (4, 3)  # a patch-8 denoiser on 32 x 24 px
+    expected = vit.patch_tokens(F.interpolate(images, size=(64, 48), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(teacher_tokens_on_grid(vit, images, grid), expected)
+
+    cnn = load_teacher(random_effnet[0])
+    own = cnn.stages(images)[3]  # stride 16: 2 x 2 at the image's own size
+    expected = F.interpolate(own, size=grid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(teacher_tokens_on_grid(cnn, images, grid, input_scale=1.0), expected)

@@ -18,11 +18,11 @@ from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.types import RunContext
 from prx_muon import MuonConfig, block_matrices, block_matrix_shapes, newton_schulz_flops_per_step
-from prx_muon.plugin import MuonTechnique, prx_register_techniques
 from prx_muon.exchange import shard_range
 from prx_muon.newton_schulz import QUINTIC, newton_schulz, newton_schulz_flops
 from prx_muon.optimizer import Muon, update_scale
 from prx_muon.owners import assign_owners
+from prx_muon.plugin import MuonTechnique, prx_register_techniques
 
 BLOCK_WEIGHTS = ("qkv", "text_kv", "attn_out", "gate", "up", "down", "modulation")
 

@@ -180,7 +180,7 @@ def test_extras_used_outside_the_forward_and_off_in_a_phase(tmp_path, strategy):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_fsdp_gathers_bf16_weights_under_bf16_precision_and_keeps_fp32_state():
-    """The checks are in tests/distributed/mixed_precision_check.py (its docstring lists them)."""
+    """The checks are in tests/core/distributed/mixed_precision_check.py (its docstring lists them)."""
     out = launch([*TORCHRUN, str(MIXED_PRECISION)], "the mixed-precision check")
     assert "mixed precision check passed" in out
 

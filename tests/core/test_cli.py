@@ -10,7 +10,7 @@ import pytest
 from prx_core.cli import COMMANDS, main
 from prx_core.testing import TINY_RECIPE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEEDRUN = ROOT / "recipes" / "speedrun.toml"
 
 

@@ -18,7 +18,7 @@ from prx_core.registry import Registry, discover
 from prx_core.testing import TINY_RECIPE
 from prx_core.types import Technique
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def registry_of(*techniques: Technique) -> Registry:
