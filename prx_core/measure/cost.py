@@ -332,15 +332,35 @@ def load_measurements(path: str | Path) -> list[Measurement]:
     return out
 
 
-def _t(flops: float) -> str:
-    return f"{flops / 1e12:.3f}"
+FLOP_UNITS = ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP"), (1.0, "FLOP"))
+TOTAL_UNITS = ((1e18, "EFLOP"), (1e15, "PFLOP"), *FLOP_UNITS)
+
+
+def flop_unit(report: CostReport) -> tuple[float, str]:
+    """(scale, name) of the largest unit in which the costliest phase is at least 0.1 per image:
+    TFLOP for the speedrun, GFLOP or MFLOP for the tiny models of the quickstart and the tests, so
+    that three decimals show every term."""
+    largest = max((p.flops_per_image for p in report.phases), default=0.0)
+    return next(((scale, name) for scale, name in FLOP_UNITS if largest >= 0.1 * scale), FLOP_UNITS[-1])
+
+
+def format_flops(flops: float, scale: float) -> str:
+    """``flops`` in the unit ``scale`` with three decimals, or two significant digits when three
+    decimals would show a non-zero term as 0.000."""
+    value = flops / scale
+    return f"{value:.3f}" if value == 0 or abs(value) >= 5e-4 else f"{value:.2g}"
 
 
 def render_cost_report(report: CostReport) -> Group:
     """Rich tables: per phase, per cost term, and the totals against the reference run."""
     phases = Table(title=f"Cost of '{report.recipe_name}' on {report.gpus} x {report.gpu.upper()} "
                          f"at ${report.price_per_gpu_hour:g}/GPU-hour", title_justify="left")
-    for column in ("phase", "res", "img tok", "txt tok", "global batch", "steps", "TFLOP/img denoiser",
+    scale, unit = flop_unit(report)
+
+    def _t(flops: float) -> str:
+        return format_flops(flops, scale)
+
+    for column in ("phase", "res", "img tok", "txt tok", "global batch", "steps", f"{unit}/img denoiser",
                    "teacher", "optimizer", "total", "MFU", "img/s/GPU", "wall h", "GPU-h", "$"):
         phases.add_column(column, justify="left" if column == "phase" else "right")
     for p in report.phases:
@@ -350,7 +370,7 @@ def render_cost_report(report: CostReport) -> Group:
                        f"{p.images_per_s_per_gpu:.1f}", f"{p.wall_s / 3600:.2f}", f"{p.gpu_hours:.1f}",
                        f"{p.gpu_hours * report.price_per_gpu_hour:,.0f}")
 
-    terms = Table(title="Cost terms (TFLOP per image; per-step terms divided by the global batch)",
+    terms = Table(title=f"Cost terms ({unit} per image; per-step terms divided by the global batch)",
                   title_justify="left")
     for column in ("source", "term", "category", *(p.name for p in report.phases)):
         terms.add_column(column, justify="right" if column in {p.name for p in report.phases} else "left")
@@ -377,6 +397,8 @@ def render_cost_report(report: CostReport) -> Group:
     ]
     for label, ours, theirs, fmt in rows:
         totals.add_row(label, fmt.format(ours), fmt.format(theirs), f"{ours / theirs:.2f}x")
-    totals.caption = (f"total {report.total_flops / 1e18:.1f} EFLOP; reference dollars at "
+    total_scale, total_unit = next(((scale, name) for scale, name in TOTAL_UNITS if report.total_flops >= scale),
+                                   TOTAL_UNITS[-1])
+    totals.caption = (f"total {report.total_flops / total_scale:.1f} {total_unit}; reference dollars at "
                       f"${ref.price_per_gpu_hour:g}/GPU-hour; text width {report.text_dim}")
     return Group(phases, terms, totals)

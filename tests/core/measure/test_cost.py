@@ -10,6 +10,7 @@ from prx_core.errors import PluginError, UserError
 from prx_core.measure.cost import (
     REFERENCE,
     estimate_cost,
+    format_flops,
     load_measurements,
     render_cost_report,
 )
@@ -163,3 +164,19 @@ def test_renderer_shows_phases_terms_and_reference():
     assert "1.364" in text and "-0.480" in text and "0.884" in text
     assert "reference (32 x H200, 24 h)" in text and "1,536" in text
 
+
+def test_a_tiny_model_is_shown_in_a_unit_where_every_term_is_non_zero():
+    """The quickstart's model costs about a GFLOP per image: in TFLOP with three decimals every
+    technique's term would read 0.000."""
+    tiny = recipe()
+    tiny.model.preset = "prx-tiny"
+    terms = {"repa": [CostTerm("repa_teacher", 1.0e7, "teacher")], "muon": [CostTerm("ns", 3.2e9, "optimizer")]}
+    techniques = FakeTechniques(terms, [Phase("32px", 10, 32, 32)])
+    techniques.model_config = tiny.model.resolve(384)
+    report = estimate_cost(tiny, techniques, mfu=0.3)
+    console = Console(record=True, width=250)
+    console.print(render_cost_report(report))
+    text = console.export_text()
+    assert "GFLOP/img denoiser" in text and "Cost terms (GFLOP per image" in text
+    assert " 0.010 " in text and " 0.100 " in text  # REPA's teacher and Muon per image (3.2 GFLOP / 32)
+    assert format_flops(2.1e5, 1e9) == "0.00021" and format_flops(0.0, 1e9) == "0.000"
