@@ -1,34 +1,60 @@
 """Docs that cannot rot: every hook is documented (docstring in prx_core/hookspecs.py, entry with
 the exact signature in docs/plugins.md), the documented call order is the same in both places,
-the code in the guide is the example package's code, and every hook is really called by the
-core during a plan / train / sample / checkpoint / resume cycle."""
+the code in the guide is the example package's code, the commands' output in the guide is what
+they print, every fact the guide states about the core's objects (the declaration's fields,
+StepTensors, the denoiser's parameter names and shapes, the FLOP helpers, the exclusive hooks,
+the checks it quotes) is read back from the code, every technique package has the documented
+shape with a method card true to its config and declaration, and every hook is really called by
+the core during a plan / train / sample / checkpoint / resume cycle."""
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
 import json
 import re
+import sys
 import threading
 import types
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+import tomli_w
 import torch
 from torch import nn
 
-from prx_core import hookspecs
+from prx_core import cli, hookspecs
 from prx_core.effects import documented_stages, hook_order_problems
-from prx_core.model.config import DenoiserConfig
+from prx_core.model.config import PRESETS, DenoiserConfig
+from prx_core.model.denoiser import PRXDenoiser
 from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.registry import TRACKER_HOOK, discover
 from prx_core.techniques import HookTrace
 from prx_core.testing import TINY_RECIPE, matrix_recipe, train
-from prx_core.types import EFFECTS, CostTerm, Phase, RunStart, Technique
+from prx_core.types import EFFECTS, CostTerm, Phase, RunStart, StepTensors, Technique
 
 ROOT = Path(__file__).parents[1]
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()
 EXAMPLE = ROOT / "examples" / "prx-minsnr"
 HOOKS = hookspecs.hook_names()
+
+
+def section(title: str) -> str:
+    """The guide's text under the heading ``title`` (any level), up to the next heading of the same
+    or a higher level; fenced code is not read for headings."""
+    lines = GUIDE.splitlines(keepends=True)
+    fenced, start, level = False, None, 0
+    for index, line in enumerate(lines):
+        fenced ^= line.startswith("```")
+        heading = None if fenced else re.match(r"^(#+) (.*)$", line.rstrip("\n"))
+        if heading and start is None and heading[2] == title:
+            start, level = index + 1, len(heading[1])
+        elif heading and start is not None and len(heading[1]) <= level:
+            return "".join(lines[start:index])
+    assert start is not None, f"docs/plugins.md has no section '{title}'"
+    return "".join(lines[start:])
 
 
 def documented_signatures() -> dict[str, tuple[list[str], str]]:
@@ -65,11 +91,29 @@ def test_the_call_order_is_the_same_in_hookspecs_and_the_guide():
 
 
 def test_the_effect_vocabulary_and_roles_are_documented():
-    rows = re.findall(r"^\| `([a-z_]+)(?::<\w+>)?` \|", GUIDE, flags=re.M)
+    rows = re.findall(r"^\| `([a-z_]+)(?::<\w+>)?` \|", section("Effects"), flags=re.M)
     assert rows == list(EFFECTS)
     registry = discover()
     roles = {role for name in registry.techniques for role in registry.roles(name)}
     assert all(f'`"{role}"`' in GUIDE for role in roles), f"document every role in use: {sorted(roles)}"
+
+
+def test_each_exclusive_hook_says_so_with_its_role_and_no_other_does():
+    documented = documented_signatures()
+    for hook in HOOKS:
+        heading = f"`{hook}({', '.join(documented[hook][0])}) -> {documented[hook][1]}`"
+        text = section(heading)
+        says = re.search(r'exclusive \(role "(\w+)"\)', text)
+        if hook in hookspecs.EXCLUSIVE:
+            assert says and says[1] == hookspecs.EXCLUSIVE[hook], f"docs/plugins.md: say that {hook} is exclusive"
+        else:
+            assert not says, f"docs/plugins.md calls {hook} exclusive; it is not"
+
+
+def test_every_field_of_the_declaration_is_explained():
+    bullets = re.findall(r"^- ((?:`\w+`(?:, )?)+):", section("The technique declaration"), flags=re.M)
+    listed = {name for bullet in bullets for name in re.findall(r"`(\w+)`", bullet)}
+    assert listed == {field.name for field in attrs.fields(Technique)}
 
 
 def test_code_in_the_guide_is_the_example_packages_code():
@@ -88,6 +132,128 @@ def test_trace_lines_in_the_guide_are_what_prx_trace_logs():
         step, kind, name, technique = re.fullmatch(r"trace: (?:step (\d+) )?(\w+) (\S+) \[(\w+)\]", line).groups()
         trace.record(kind, name, technique, None if step is None else int(step))
     assert lines == block.splitlines()
+
+
+# --- what the guide says about the core's objects ------------------------------------------------
+
+
+@pytest.mark.parametrize("block", re.findall(r"```console\n(.*?)```", GUIDE, flags=re.S))
+def test_the_output_of_each_command_in_the_guide_is_what_it_prints(block, capsys, monkeypatch):
+    """Each console block is ``$ [VAR=value ...] prx ARGS`` and lines the command prints, in order
+    and contiguous (a block may show one table of several)."""
+    command, *shown = block.rstrip("\n").split("\n")
+    words = command.removeprefix("$ ").split()
+    while "=" in words[0]:
+        name, value = words.pop(0).split("=", 1)
+        monkeypatch.setenv(name, value)
+    assert words[0] == "prx"
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(ROOT)
+    cli.main(words[1:])
+    printed = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    shown = [line.rstrip() for line in shown]
+    starts = [i for i in range(len(printed)) if printed[i:i + len(shown)] == shown]
+    assert starts, f"`{command}` no longer prints this block of docs/plugins.md; it prints:\n" + "\n".join(printed)
+
+
+def shape_names(config: DenoiserConfig) -> dict[str, int]:
+    return {"hidden": config.hidden, "bottleneck": config.bottleneck, "patch_dim": config.patch_dim,
+            "text_dim": config.text_dim, "time_dim": config.time_dim, "head_dim": config.head_dim,
+            "mlp_hidden": config.mlp_hidden}
+
+
+@pytest.mark.parametrize("config", [DenoiserConfig(**PRESETS["prx-test"], text_dim=32),
+                                    DenoiserConfig(hidden=96, depth=3, heads=2, mlp_ratio=3.0, patch=4, bottleneck=20,
+                                                   text_dim=24, time_dim=40)], ids=["prx-test", "uneven"])
+def test_the_parameter_table_is_the_denoisers_names_and_shapes(config):
+    rows = re.findall(r"^\| `([\w.{}]+)` \| `\(([^)]*)\)` \|$", section("The denoiser's parameters"), flags=re.M)
+    documented = {name: tuple(eval(dim, {}, shape_names(config)) for dim in shape.split(",") if dim.strip())
+                  for name, shape in rows}
+    actual = {re.sub(r"^blocks\.\d+\.", "blocks.{i}.", name): tuple(p.shape)
+              for name, p in PRXDenoiser(config).named_parameters()}
+    assert documented == actual
+
+
+def test_the_flop_helpers_in_the_guide_exist_with_these_arguments():
+    helpers = re.findall(r"^- `(prx_core\.[\w.]+)\.(\w+)\(([^)]*)\)`", section("Counting FLOPs for prx_cost"),
+                         flags=re.M)
+    assert len(helpers) >= 6
+    for module, name, arguments in helpers:
+        function = getattr(importlib.import_module(module), name)
+        assert [a.strip() for a in arguments.split(",")] == list(inspect.signature(function).parameters), name
+
+
+def test_the_step_tensors_table_lists_every_field_and_the_grid():
+    rows = re.findall(r"^\| `(\w+)` \|", section("StepTensors"), flags=re.M)
+    assert rows == [field.name for field in attrs.fields(StepTensors)] + ["grid"]
+    assert isinstance(StepTensors.grid, property)
+
+
+def test_the_check_the_guide_quotes_is_what_repa_says():
+    """The guide's example of a value-level rule is REPA's own message; REPA refuses a block the
+    model lacks, never one inside a route (it reads that block with the route's index)."""
+    from prx_repa.config import RepaConfig
+    from prx_repa.plugin import Repa
+
+    four_blocks = DenoiserConfig(**PRESETS["prx-test"], text_dim=32)
+    quoted = set(re.findall(r"`(block = 9 [^`]*)`", GUIDE))
+    assert quoted, "docs/plugins.md lost its example of a prx_check_recipe message"
+    (message,) = Repa(RepaConfig(block=9), None).prx_check_recipe(model_config=four_blocks)
+    assert all(message.startswith(text) for text in quoted)
+    assert Repa(RepaConfig(block=2), None).prx_check_recipe(model_config=four_blocks) == []  # inside TREAD's route
+    assert "outside the route" not in GUIDE and "outside a route" not in section("Exclusive hooks, conflicts, requirements")
+
+
+TECHNIQUE_PACKAGES = sorted([*(ROOT / "plugins").glob("prx_*"), EXAMPLE / "src" / "prx_minsnr"])
+
+
+def toml_default(value: Any) -> str | None:
+    """How a card shows a scalar default (None: not a scalar, the card describes it in words)."""
+    if value is None or isinstance(value, (list, tuple, dict)) or attrs.has(type(value)):
+        return None
+    return tomli_w.dumps({"v": value}).strip().removeprefix("v = ")
+
+
+@pytest.mark.parametrize("package", TECHNIQUE_PACKAGES, ids=lambda path: path.name)
+def test_every_technique_package_has_the_documented_shape_and_a_true_card(package, monkeypatch):
+    """config.py, plugin.py, the plain functions exported from __init__.py (which works without the
+    plugin), and CARD.md naming the technique, every setting with its scalar default, every
+    declared effect and the technique's test file."""
+    assert {"config.py", "plugin.py", "__init__.py", "CARD.md"} <= {path.name for path in package.iterdir()}
+    if package.parent.name == "src":  # the example package is not installed here: import it from its sources
+        monkeypatch.syspath_prepend(str(package.parent))
+        for name in [name for name in sys.modules if name.split(".")[0] == package.name]:
+            monkeypatch.delitem(sys.modules, name)
+    init = ast.parse((package / "__init__.py").read_text())
+    assert not any(isinstance(node, ast.ImportFrom) and (node.module or "").endswith(".plugin")
+                   for node in ast.walk(init)), f"{package.name}/__init__.py imports the plugin"
+    module = importlib.import_module(package.name)
+    exported = [getattr(module, name) for name in module.__all__]
+    assert any(inspect.isfunction(item) for item in exported), f"{package.name} exports no plain function"
+    [technique] = importlib.import_module(f"{package.name}.plugin").prx_register_techniques()
+    assert technique.config.__module__ == f"{package.name}.config"
+    card = (package / "CARD.md").read_text()
+    assert card.startswith(f"# {technique.name}: ")
+    tracker = hasattr(technique.plugin, TRACKER_HOOK)  # a tracker's card names its library, not a paper
+    for heading in ("**What it does.**", "**Library.**" if tracker else "**Paper.**", "**Observable effect.**",
+                    "**Code.**"):
+        assert heading in card, f"{package.name}/CARD.md lacks {heading}"
+    settings = dict(re.findall(r"^\| `(\w+)` \| (`[^|]*`|unset) \|", card, flags=re.M))
+    defaults = {field.name: (field.default.factory() if isinstance(field.default, attrs.Factory) else field.default)
+                for field in attrs.fields(technique.config)}
+    assert set(settings) == set(defaults), f"{package.name}/CARD.md: the settings are {sorted(defaults)}"
+    for name, default in defaults.items():
+        shown = toml_default(default)
+        if shown is not None:
+            assert settings[name] == f"`{shown}`", f"{package.name}/CARD.md: {name} defaults to {shown}"
+        elif default is None:
+            assert settings[name] == "unset"
+    assert all(f"`{effect}`" in card for effect in technique.effects), f"{package.name}/CARD.md: name every effect"
+    test_file = re.search(r"Tests:\s+`(tests/[\w/]+\.py)`", card)[1]
+    test_root = ROOT if package.parent.name == "plugins" else EXAMPLE
+    assert (test_root / test_file).is_file(), f"{package.name}/CARD.md names {test_file}, which does not exist"
+    if package.parent.name == "plugins":  # the trackers share one test file: one killed and resumed run
+        assert test_file == ("tests/plugins/test_trackers.py" if tracker else f"tests/plugins/test_{technique.name}.py")
 
 
 # --- every hook is called by the core ---------------------------------------------------------

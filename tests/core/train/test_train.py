@@ -299,6 +299,18 @@ def test_the_optimizer_runs_each_step_at_the_warmed_up_lr():
     assert applied == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3])
 
 
+def test_a_plugins_optimizer_follows_the_cores_warm_up_too():
+    """The warm-up factor scales every param group's initial lr, whoever built the optimizer (the
+    plugin guide says so: a technique's optimizer needs no schedule of its own for the warm-up)."""
+    trainer = make_trainer('plugins=["muon"]', "optim.warmup_steps=4", "optim.lr=2e-3", "muon.lr=4e-3")
+    stream = batches()
+    applied = []
+    for _ in range(5):
+        trainer.train_step(stream, 1)
+        applied += [trainer.optimizers[label].param_groups[0]["lr"] for label in ("muon", "adamw")]
+    assert applied == pytest.approx([1e-3, 5e-4, 2e-3, 1e-3, 3e-3, 1.5e-3, 4e-3, 2e-3, 4e-3, 2e-3])
+
+
 @pytest.mark.parametrize("dropout", [1.0, 0.0])
 def test_caption_dropout_replaces_conditioning_by_the_empty_prompt(dropout):
     trainer = make_trainer(f"objective.caption_dropout={dropout}")
