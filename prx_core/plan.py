@@ -3,6 +3,7 @@ phase's global batch splits into micro-batches and accumulation steps, and the p
 The cost of the plan is :mod:`prx_core.measure.cost`."""
 from __future__ import annotations
 
+import attrs
 import torch
 
 from prx_core.errors import RecipeError
@@ -26,10 +27,13 @@ def model_config(recipe: Recipe, text_dim: int | None = None) -> DenoiserConfig:
 
 
 def plan_phases(recipe: Recipe, techniques: TechniqueSet) -> list[Phase]:
-    """The schedule technique's phases, or one phase from ``[train]`` and ``[data]``."""
+    """The schedule technique's phases, or one phase from ``[train]`` and ``[data]``; with
+    ``[train] phase_steps`` set, each phase trains that many steps instead."""
     _, schedule = techniques.call_one("prx_resolution_schedule", recipe=recipe)
     phases = list(schedule) if schedule is not None else [
         Phase("train", recipe.train.steps, recipe.data.resolution, recipe.train.batch_size)]
+    if recipe.train.phase_steps is not None:
+        phases = with_phase_steps(phases, recipe.train.phase_steps)
     for phase in phases:
         unknown = sorted(set(phase.disabled) - set(techniques.names) - set(recipe.techniques))
         if unknown:
@@ -37,6 +41,16 @@ def plan_phases(recipe: Recipe, techniques: TechniqueSet) -> list[Phase]:
                               f"selects ({', '.join(techniques.names) or 'none'}) nor configures. Fix the "
                               f"phase's `disabled` list.")
     return phases
+
+
+def with_phase_steps(phases: list[Phase], steps: list[int]) -> list[Phase]:
+    """``phases`` with their steps replaced by ``steps``, one count per phase, in order."""
+    names = ", ".join(p.name for p in phases)
+    if len(steps) != len(phases) or any(n < 1 for n in steps):
+        raise RecipeError(f"[train] phase_steps = {list(steps)} must give one step count of at least 1 per phase of "
+                          f"the schedule ({len(phases)}: {names}), in order; remove it to train the schedule's own "
+                          f"steps.")
+    return [attrs.evolve(phase, steps=n) for phase, n in zip(phases, steps)]
 
 
 def accumulation_steps(recipe: Recipe, phase: Phase, world_size: int) -> int:

@@ -1,4 +1,4 @@
-"""The run folder: resolved recipe, metrics.jsonl, samples, evaluation, summary, checkpoints."""
+"""The run folder: resolved recipe, metrics.jsonl, evals.jsonl, samples, evaluation, summary, checkpoints."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 METRICS = "metrics.jsonl"
+EVALS = "evals.jsonl"
 SUMMARY = "summary.json"
 EVAL = "eval.json"
 
@@ -21,23 +22,31 @@ class RunFolder:
         for folder in (self.root, self.checkpoints, self.samples):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so the file has no duplicated steps."""
-        path = self.root / METRICS
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
-        path.write_text("".join(line + "\n" for line in kept))
+    def truncate_logs(self, after_step: int) -> None:
+        """On resume, drop the rows of metrics.jsonl and evals.jsonl logged after the checkpoint,
+        so that neither file has duplicated steps."""
+        for name in (METRICS, EVALS):
+            path = self.root / name
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
+                path.write_text("".join(line + "\n" for line in kept))
 
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.root / METRICS, "a") as f:
+    def append_row(self, name: str, row: dict[str, Any]) -> None:
+        """One JSON line appended to ``name`` (metrics.jsonl, evals.jsonl)."""
+        with open(self.root / name, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.root / METRICS
+    def read_rows(self, name: str) -> list[dict[str, Any]]:
+        path = self.root / name
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        self.append_row(METRICS, row)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return self.read_rows(METRICS)
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         tmp = self.root / (name + ".tmp")

@@ -109,7 +109,10 @@ class TrainConfig:
     """``batch_size`` is the global batch; ``micro_batch_size`` the largest per-device batch
     (default: global / processes), gradient accumulation makes up the rest. ``max_wall_s`` stops training
     (with checkpoint, samples and evaluation) once that many seconds have passed, for
-    equal-wall-clock ablations. ``precision``: "auto" is bf16 autocast on GPU, fp32 on CPU."""
+    equal-wall-clock ablations. ``precision``: "auto" is bf16 autocast on GPU, fp32 on CPU.
+    ``phase_steps``: the steps of each phase of the schedule, in order, in place of the
+    schedule's own (``prx ablate --budget bench:SECONDS`` sets it to what each variant's
+    measured throughput buys); a recipe without a schedule has one phase of ``steps``."""
 
     steps: int = 120_000
     batch_size: int = 1024
@@ -123,6 +126,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_nonfinite_in_row: int = 5
     max_wall_s: float | None = None
+    phase_steps: list[int] | None = None
     runs_dir: str = "runs"
 
 
@@ -142,12 +146,17 @@ class EvalConfig:
     """Prompt-following evaluation on held-out scene prompts (see prx_core.evaluation), and
     distribution metrics of the same images against the scene generator's renders of the same
     prompts (``"efficientnet-lite0"``: Fréchet distance on offline ImageNet features;
-    ``"inception"``: FID and ``"clip"``: CMMD where those weights are available)."""
+    ``"inception"``: FID and ``"clip"``: CMMD where those weights are available).
+
+    ``every``: also evaluate prompt following every that many steps during training (0: only at
+    the end), one row per evaluation in ``evals.jsonl`` with the step and the training clock
+    (evaluation time is not counted in it): quality against training time."""
 
     num_prompts: int = 64
     steps: int = 50  # PRX samples with 50 Euler steps
     seed: int = 4321
     distribution_metrics: list[str] = attrs.Factory(lambda: ["efficientnet-lite0"])
+    every: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.define(kw_only=True)

@@ -25,6 +25,7 @@ from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.techniques import TechniqueSet, TracedGuidance
 from prx_core.text import check_text_width, load_text_encoder
 from prx_core.train.initial_weights import check_initial_weights
+from prx_core.train.periodic_eval import curve_line, eval_due, evaluate_during_training, evaluation_curve
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.sinks import Sinks, run_facts, run_name
 from prx_core.train.state import load_checkpoint, save_checkpoint
@@ -99,11 +100,11 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         loader_state = load_checkpoint(trainer, checkpoints.latest(), info).get("loader")
         console.log(f"resumed from {checkpoints.latest()} at step {trainer.step}")
         if info.is_main:
-            folder.truncate_metrics(trainer.step)
+            folder.truncate_logs(trainer.step)
     elif resume:
         console.log(f"--resume: no checkpoint in {folder.checkpoints} yet, starting from step 0")
         if info.is_main:
-            folder.truncate_metrics(0)
+            folder.truncate_logs(0)
     if info.is_main:
         (folder.root / "recipe.toml").write_text(dump_recipe_toml(recipe))
         console.log(f"run folder: {folder.root}")
@@ -172,6 +173,11 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     console.advance(trainer.step, phase.name, None)
                 if recipe.train.sample_every and trainer.step % recipe.train.sample_every == 0 and trainer.step < total_steps:
                     write_samples(trainer, folder, recipe, info, sinks)
+                if eval_due(recipe.eval.every, trainer.step, total_steps):
+                    paused = time.monotonic()
+                    evaluate_now(trainer, folder, recipe, info, console, paused - started)
+                    started += time.monotonic() - paused  # the training clock stops while evaluating
+                    window_start += time.monotonic() - paused
                 out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
                 if trainer.step % recipe.train.checkpoint_every == 0 or interrupted.flag:
                     save()
@@ -270,6 +276,19 @@ def images_seen(phases, step: int) -> int:
     return total
 
 
+def evaluate_now(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, console: RunConsole,
+                 training_s: float) -> None:
+    """A periodic evaluation ([eval] every) into evals.jsonl (rank 0)."""
+    model = sampling_model(trainer)  # on every rank: under FSDP2 this gathers the EMA shards
+    if not info.is_main:
+        return
+    row = evaluate_during_training(model, trainer.text_encoder, resolve_guidance(trainer, recipe), recipe,
+                                   trainer.step, trainer.phase.name, trainer.phase.resolution, trainer.autocast,
+                                   training_s, folder)
+    console.log(f"eval at step {trainer.step}: prompt following {row['prompt_following']['overall']:.3f} "
+                f"({row['eval_s']:.1f} s, not counted in wall_s)")
+
+
 def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, console: RunConsole,
            started: float, phases, sinks: Sinks) -> None:
     """Final sample grid, prompt-following evaluation and summary (rank 0)."""
@@ -294,10 +313,12 @@ def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo
         "nonfinite_skipped": trainer.nonfinite_total,
         "final": final_means(rows), "eval": evaluation,
     }
+    if recipe.eval.every:
+        summary["evals"] = evaluation_curve(folder, evaluation, wall)
     folder.write_json(SUMMARY, summary)
     console.table("summary", {"steps": trainer.step, "wall time (s)": round(wall, 1),
                               "images/s": summary["images_per_s"], **summary["final"],
                               **{f"prompt following / {k}": v for k, v in score.items()},
-                              **evaluation.get("distribution", {})})
+                              **evaluation.get("distribution", {}), **curve_line(summary.get("evals", []))})
     console.log(f"samples: {folder.samples}   metrics: {folder.root / 'metrics.jsonl'}   summary: {folder.root / SUMMARY}")
 
