@@ -9,9 +9,18 @@ Every design has one *reference* variant that the report compares against:
 - ``one-at-a-time``: the reference (as in factorial) plus one variant per changed level.
 - ``leave-one-out``: reference = the full recipe with every plugin factor on (value factors at
   their first value), plus one variant per factor switched off (or value changed).
+- ``add-and-remove`` (plugin factors only): both ends of the ladder, each technique measured
+  twice: the baseline without the varied techniques (the reference), each technique added to it
+  alone, the full recipe, and the full recipe without each technique. The difference between a
+  technique's two effects (what it adds to the full recipe minus what it adds alone) is its
+  interaction with all the others together.
 
-``pairs`` adds, to the last two designs, one variant per pair of changes, which the interaction
-table needs (factorial has them already).
+``pairs`` adds, to one-at-a-time and leave-one-out, one variant per pair of changes, which the
+interaction table needs (factorial has them already).
+
+The *anchors* are the reference and, in add-and-remove, the full recipe: every comparison of
+the report involves one of them, so ``anchor_seeds`` (more seeds than the other variants get)
+tighten all comparisons at once.
 """
 from __future__ import annotations
 
@@ -26,7 +35,8 @@ import cattrs
 
 from prx_core.errors import UserError
 
-DESIGNS = ("factorial", "one-at-a-time", "leave-one-out")
+DESIGNS = ("factorial", "one-at-a-time", "leave-one-out", "add-and-remove")
+FULL = "full"
 PLAN_FILE = "ablation.json"
 _VALUE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 
@@ -73,6 +83,8 @@ class RunSpec:
 
 @attrs.frozen
 class AblationPlan:
+    """``seeds`` are every variant's; ``anchor_seeds`` (a superset, or empty) the anchors'."""
+
     recipe: str
     design: str
     factors: tuple[Factor, ...]
@@ -81,19 +93,33 @@ class AblationPlan:
     common: tuple[str, ...]
     variants: tuple[Variant, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    anchor_seeds: tuple[int, ...] = ()
 
     @property
     def reference(self) -> Variant:
         return next(v for v in self.variants if not v.changes)
 
-    def runs(self) -> list[RunSpec]:
-        """Seed-major, so every variant's first seed finishes before any second seed."""
+    @property
+    def anchors(self) -> tuple[str, ...]:
+        """The reference, and in add-and-remove also the full recipe."""
+        return (self.reference.name, FULL) if self.design == "add-and-remove" else (self.reference.name,)
+
+    def seeds_of(self, variant: str) -> tuple[int, ...]:
+        return self.anchor_seeds if variant in self.anchors and self.anchor_seeds else self.seeds
+
+    def runs(self, phase_steps: dict[str, tuple[int, ...]] | None = None) -> list[RunSpec]:
+        """Seed-major, so every variant's first seed finishes before any second seed.
+        ``phase_steps`` (variant -> steps of each phase) is what a ``bench:`` budget gives."""
         budget = budget_overrides(self.budget)
-        return [
-            RunSpec(v.name, seed, f"runs/{v.slug}/seed{seed}", (*self.common, *v.overrides, f"seed={seed}", *budget))
-            for seed in self.seeds
-            for v in self.variants
-        ]
+        runs = []
+        for seed in sorted(set(self.seeds) | set(self.anchor_seeds)):
+            for v in self.variants:
+                if seed not in self.seeds_of(v.name):
+                    continue
+                steps = (f"train.phase_steps={list(phase_steps[v.name])}",) if phase_steps else ()
+                runs.append(RunSpec(v.name, seed, f"runs/{v.slug}/seed{seed}",
+                                    (*self.common, *v.overrides, f"seed={seed}", *budget, *steps)))
+        return runs
 
     def to_json(self) -> str:
         return json.dumps(cattrs.unstructure(self), indent=2)
@@ -176,10 +202,12 @@ def make_variant(recipe_plugins: Iterable[str], factors: Sequence[Factor], level
             plugins |= set(f.plugins)
     changes = tuple(f.key for f in factors if levels[f.key] != reference[f.key])
     by_key = {f.key: f for f in factors}
-    if changes:
+    if design == "add-and-remove" and len(changes) >= 2:
+        name = FULL + "".join(f" -{k}" for k in by_key if levels[k] == "off")
+    elif changes:
         name = " ".join(_describe(by_key[k], levels[k]) for k in changes)
     else:
-        name = "full" if design == "leave-one-out" else "baseline"
+        name = FULL if design == "leave-one-out" else "baseline"
     overrides = (f"plugins={json.dumps(sorted(plugins))}",
                  *(f"{f.key}={levels[f.key]}" for f in factors if not f.is_plugin))
     return Variant(name, dict(levels), changes, tuple(sorted(plugins)), overrides)
@@ -192,6 +220,21 @@ def design_variants(recipe_plugins: Iterable[str], factors: Sequence[Factor], de
         raise UserError(f"unknown design '{design}': choose one of {', '.join(DESIGNS)}.")
     recipe_plugins = tuple(recipe_plugins)
     reference = reference_levels(factors, design)
+    if design == "add-and-remove":
+        if any(not f.is_plugin for f in factors):
+            raise UserError("--design add-and-remove varies techniques only (--vary tread,repa); sweep a value "
+                            "such as optim.lr=1e-4,3e-4 with --design one-at-a-time or factorial.")
+        if len(factors) < 2:
+            raise UserError("--design add-and-remove needs at least two techniques to vary; with one, "
+                            "--design one-at-a-time runs the same two variants.")
+        keys = [f.key for f in factors]
+        full = {key: "on" for key in keys}
+        combos = [dict(reference), *({**reference, key: "on"} for key in keys), full,
+                  *({**full, key: "off"} for key in keys)]
+        unique: dict[tuple, dict[str, str]] = {}
+        for combo in combos:  # with two techniques, the full recipe without one is the other alone
+            unique.setdefault(tuple(sorted(combo.items())), combo)
+        return [make_variant(recipe_plugins, factors, combo, reference, design) for combo in unique.values()]
     if design == "factorial":
         keys = [f.key for f in factors]
         combos = [dict(zip(keys, levels)) for levels in itertools.product(*(f.levels for f in factors))]
@@ -204,20 +247,28 @@ def design_variants(recipe_plugins: Iterable[str], factors: Sequence[Factor], de
     return [make_variant(recipe_plugins, factors, combo, reference, design) for combo in combos]
 
 
-def budget_overrides(budget: str) -> tuple[str, ...]:
-    """``steps``: every run trains ``[train] steps``; ``wall:SECONDS``: every run also stops after
-    SECONDS of training (``train.max_wall_s``), the fair budget when techniques change step time."""
+def budget_seconds(budget: str) -> tuple[str, float]:
+    """``("steps", 0)``, or the kind (``wall``, ``bench``) and seconds of ``KIND:SECONDS``."""
     if budget == "steps":
-        return ()
+        return "steps", 0.0
     kind, _, seconds = budget.partition(":")
     try:
         value = float(seconds)
     except ValueError:
         value = -1.0
-    if kind != "wall" or value <= 0:
-        raise UserError(f"--budget '{budget}': use 'steps' (equal steps) or 'wall:SECONDS' (equal wall-clock), "
-                        f"e.g. --budget wall:600.")
-    return (f"train.max_wall_s={value:g}",)
+    if kind not in ("wall", "bench") or not 0 < value < float("inf"):
+        raise UserError(f"--budget '{budget}': use 'steps' (equal steps), 'bench:SECONDS' (equal wall-clock: each "
+                        f"variant trains the steps its measured throughput buys in SECONDS) or 'wall:SECONDS' "
+                        f"(each run stops after SECONDS; fair on a quiet machine only), e.g. --budget bench:480.")
+    return kind, value
+
+
+def budget_overrides(budget: str) -> tuple[str, ...]:
+    """``steps``: every run trains the recipe's steps; ``wall:SECONDS``: every run also stops after
+    SECONDS of training (``train.max_wall_s``); ``bench:SECONDS``: nothing common (each variant
+    gets its own ``train.phase_steps``, see :mod:`prx_core.ablation.bench_budget`)."""
+    kind, seconds = budget_seconds(budget)
+    return (f"train.max_wall_s={seconds:g}",) if kind == "wall" else ()
 
 
 def check_common(common: Sequence[str], factors: Sequence[Factor]) -> None:

@@ -22,14 +22,14 @@ def _number(value: Any) -> float | None:
 
 
 def flatten_eval(evaluation: dict[str, Any]) -> dict[str, float]:
-    """``{"prompt_following": {"overall": x, "color": y}, "frechet": {"fd_efficientnet": z}}`` ->
-    ``{"prompt_following": x, "prompt_following/color": y, "fd_efficientnet": z}``; other
+    """``{"prompt_following": {"overall": x, "color": y}, "distribution": {"fd_efficientnet": z}}``
+    -> ``{"prompt_following": x, "prompt_following/color": y, "fd_efficientnet": z}``; other
     numeric entries become ``eval/<key>`` (``step`` is dropped: the row has ``steps``)."""
     out: dict[str, float] = {}
     for key, value in evaluation.items():
         if key == "step":
             continue
-        if key == "frechet" and isinstance(value, dict):
+        if key == "distribution" and isinstance(value, dict):
             out.update({k: v for k, v in ((k, _number(v)) for k, v in value.items()) if v is not None})
         elif isinstance(value, dict):
             for sub, number in ((s, _number(v)) for s, v in value.items()):

@@ -5,14 +5,17 @@ import argparse
 import shlex
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from prx_core.ablation.bench_budget import BENCH_FILE, Throughput, load_throughput
 from prx_core.ablation.design import (
     DESIGNS,
     PLAN_FILE,
     AblationPlan,
     budget_overrides,
+    budget_seconds,
     check_common,
     design_variants,
     parse_vary,
@@ -22,7 +25,9 @@ from prx_core.ablation.cluster import SlurmOptions, run_cluster
 from prx_core.ablation.report import build_report
 from prx_core.ablation.runner import DEFAULT_LAUNCHER, run_ablation
 from prx_core.cli.common import add_set_argument
+from prx_core.distributed import pick_device
 from prx_core.errors import PluginError, RecipeError, UserError
+from prx_core.measure.throughput import measure_quietly
 from prx_core.plan import model_config
 from prx_core.recipe.loader import load_recipe
 from prx_core.recipe.schema import Recipe
@@ -36,13 +41,17 @@ def register(subparsers) -> None:
         "ablate",
         help="run a recipe with techniques or settings varied, over seeds, and report against a reference",
         description=(
-            "Plan the runs of a design (factorial, one-at-a-time from a baseline without the varied techniques, "
-            "or leave-one-out from the full recipe), run each as `python -m prx_core run` into one ablation "
-            "folder, and write results.csv, results.json, report.md and plots/. Finished runs (summary.json "
-            "present) are skipped, so the same command continues an ablation; --resume also continues runs "
-            "that were killed."
+            "Plan the runs of a design (factorial; one-at-a-time from a baseline without the varied techniques; "
+            "leave-one-out from the full recipe; add-and-remove: the baseline, each technique added alone, the "
+            "full recipe and the full recipe without each), run each as `python -m prx_core run` into one "
+            "ablation folder, and write results.csv, results.json, report.md and plots/. Finished runs "
+            "(summary.json present) are skipped, so the same command continues an ablation; --resume also "
+            "continues runs that were killed. Budgets: steps (every run trains the recipe's steps), "
+            "bench:SECONDS (equal wall-clock, also on a shared machine: see the bench budget options) or "
+            "wall:SECONDS (every run stops after SECONDS; fair on a quiet machine only). With [eval] every set "
+            "in the recipe, the report plots prompt following against training time."
         ),
-        epilog="Example: prx ablate recipes/quickstart.toml --vary tread,repa --design leave-one-out --seeds 3",
+        epilog="Example: prx ablate recipes/quickstart.toml --vary tread,repa --seeds 2 (baseline, +tread, +repa)",
     )
     p.add_argument("recipe", help="recipe TOML file")
     p.add_argument("--vary", action="append", default=[], required=True, metavar="SPEC",
@@ -53,8 +62,12 @@ def register(subparsers) -> None:
     p.add_argument("--pairs", action="store_true",
                    help="one-at-a-time / leave-one-out: also run every pair of changes (for the interaction table)")
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="seeds per variant: the recipe's seed + 0..K-1")
-    p.add_argument("--budget", default="steps", metavar="steps|wall:SECONDS",
-                   help="equal steps ([train] steps) or equal wall-clock per run (default: steps)")
+    p.add_argument("--anchor-seeds", type=int, metavar="K",
+                   help="seeds for the anchors (the reference, and in add-and-remove also the full recipe), which "
+                        "every comparison involves (default: --seeds)")
+    p.add_argument("--budget", default="steps", metavar="steps|bench:SECONDS|wall:SECONDS",
+                   help="equal steps (the recipe's), equal wall-clock from measured throughput (bench:480) or "
+                        "a wall-clock limit per run (wall:480) (default: steps)")
     add_set_argument(p, "override a recipe value in every run (repeatable), e.g. --set train.steps=300")
     p.add_argument("--out", type=Path, help="ablation folder (default: [train] runs_dir/ablate-NAME-DESIGN)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
@@ -64,6 +77,25 @@ def register(subparsers) -> None:
                    help="command that runs `run RECIPE ...` (default: this python -m prx_core; e.g. "
                         "'torchrun --nproc-per-node 8 -m prx_core' for multi-GPU runs)")
     p.add_argument("--plan-only", action="store_true", help="print the planned runs and stop")
+    bench = p.add_argument_group(
+        "bench budget (--budget bench:SECONDS)",
+        "Before the first run, every variant's real training step (its recipe, data and text encoder) is timed "
+        "side by side in this process, in interleaved rounds with the 1-minute load average recorded; each "
+        "variant then trains the steps its throughput buys in SECONDS ([train] phase_steps), whatever the load "
+        "while it trains. The measurement is kept in ABLATION/bench.json and reused when the ablation continues. "
+        "Example: prx ablate recipes/quickstart.toml --vary tread+tread_guidance,repa,muon --design add-and-remove "
+        "--seeds 2 --anchor-seeds 3 --budget bench:480 --parallel 2")
+    bench.add_argument("--bench-rounds", type=int, default=5, metavar="R",
+                       help="interleaved rounds; each phase's step time is the median over them (default: 5)")
+    bench.add_argument("--bench-steps", type=int, default=3, metavar="N",
+                       help="timed optimizer steps per phase and round (default: 3)")
+    bench.add_argument("--bench-max-load", type=float, metavar="LOAD",
+                       help="a measurement during which the 1-minute load average exceeded LOAD is repeated after "
+                            "waiting for a quieter machine (default: this process's threads + 1)")
+    bench.add_argument("--bench-attempts", type=int, default=3, metavar="N",
+                       help="measurements at most; the one under the lowest load is kept (default: 3)")
+    bench.add_argument("--bench-wait", type=float, default=10.0, metavar="MINUTES",
+                       help="how long to wait for a quieter machine between attempts (default: 10)")
     cluster = p.add_argument_group(
         "cluster (--executor slurm)",
         "Each unfinished run becomes one task of one SLURM array job (submitit), with torchrun inside for several "
@@ -122,6 +154,10 @@ def parse_time(text: str) -> int:
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     if args.parallel != 1:
         raise UserError("--parallel sets local runs at once; with --executor slurm use --max-running.")
+    if budget_seconds(args.budget)[0] == "bench":
+        raise UserError(f"--budget {args.budget} times every variant on this machine, which with --executor slurm is "
+                        f"not where the runs train. On a cluster's own nodes use --budget wall:SECONDS (each run "
+                        f"stops after SECONDS of training) or --budget steps.")
     for name in ("gpus_per_job", "cpus_per_gpu", "max_running"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(args, name)}).")
@@ -161,21 +197,77 @@ def make_plan(args: argparse.Namespace) -> tuple[AblationPlan, Recipe]:
         raise UserError(f"--vary names {', '.join(trackers)}: {'it is a tracker' if len(trackers) == 1 else 'trackers'}"
                         f", which records runs and cannot change training, so there is nothing to compare. Put "
                         f"trackers in the recipe's plugins (or --set plugins=[...]): every variant keeps them.")
-    if args.pairs and args.design == "factorial":
-        raise UserError("--pairs adds pair runs to one-at-a-time and leave-one-out designs; factorial has them.")
+    if args.pairs and args.design in ("factorial", "add-and-remove"):
+        raise UserError("--pairs adds pair runs to one-at-a-time and leave-one-out designs; factorial has them, "
+                        "and add-and-remove measures each technique against all the others instead.")
     variants, skipped = split_valid(design_variants(recipe.plugins, factors, args.design, args.pairs),
                                     lambda plugins: selection_problems(plugins, registry, "the variant's plugins"))
-    budget = budget_overrides(args.budget)
+    kind, _ = budget_seconds(args.budget)
+    if kind == "bench" and any(item.partition("=")[0].strip() == "train.phase_steps" for item in args.overrides):
+        raise UserError("--set train.phase_steps: a bench budget sets each variant's phase steps itself; drop "
+                        "the --set, or use --budget steps.")
+    variant_recipes(args.recipe, args.overrides, variants, registry, budget_overrides(args.budget))
+    seeds = tuple(recipe.seed + i for i in range(args.seeds))
+    anchor_seeds = ()
+    if args.anchor_seeds is not None:
+        if args.anchor_seeds < args.seeds:
+            raise UserError(f"--anchor-seeds ({args.anchor_seeds}) must be at least --seeds ({args.seeds}).")
+        anchor_seeds = tuple(recipe.seed + i for i in range(args.anchor_seeds))
+    plan = AblationPlan(str(Path(args.recipe).resolve()), args.design, tuple(factors), seeds, args.budget,
+                        tuple(args.overrides), tuple(variants), tuple(skipped), anchor_seeds)
+    return plan, recipe
+
+
+def variant_recipes(recipe: str, common: list[str], variants, registry, extra: tuple[str, ...] = ()) -> dict[
+        str, Recipe]:
+    """Each variant's resolved recipe, checked as `prx run` would (a bad one names the variant)."""
+    out = {}
     for variant in variants:
         try:
-            resolved = load_recipe(args.recipe, [*args.overrides, *variant.overrides, *budget], registry)
+            resolved = load_recipe(recipe, [*common, *variant.overrides, *extra], registry)
             TechniqueSet(resolved, registry, RunContext(recipe=resolved, seed=resolved.seed), model_config(resolved))
         except (RecipeError, PluginError) as err:
             raise UserError(f"variant '{variant.name}' is not a valid recipe:\n{err}") from None
-    seeds = tuple(recipe.seed + i for i in range(args.seeds))
-    plan = AblationPlan(str(Path(args.recipe).resolve()), args.design, tuple(factors), seeds, args.budget,
-                        tuple(args.overrides), tuple(variants), tuple(skipped))
-    return plan, recipe
+        out[variant.name] = resolved
+    return out
+
+
+def bench_throughput(args: argparse.Namespace, plan: AblationPlan, folder: Path, console: Console) -> Throughput:
+    """The folder's stored measurement, or a new one written to bench.json."""
+    registry = discover()
+    _, seconds = budget_seconds(plan.budget)
+    recipes = variant_recipes(plan.recipe, list(plan.common), plan.variants, registry)
+    stored = load_throughput(folder, recipes, registry, seconds)
+    if stored is not None:
+        console.print(f"throughput: {folder / BENCH_FILE} (measured {stored.chosen.started})", markup=False)
+        return stored
+    threads = torch.get_num_threads()
+    max_load = args.bench_max_load if args.bench_max_load is not None else threads + 1.0
+    console.print(f"measuring the training step of {len(recipes)} variants with {threads} threads: "
+                  f"{args.bench_rounds} interleaved rounds of {args.bench_steps} steps per phase", markup=False)
+    attempts = measure_quietly(recipes, registry, rounds=args.bench_rounds, steps=args.bench_steps, max_load=max_load,
+                               attempts=args.bench_attempts, wait_s=60 * args.bench_wait,
+                               device=pick_device(next(iter(recipes.values())).train.device),
+                               log=lambda message: console.print("  " + message, markup=False))
+    measured = Throughput(seconds, max_load, attempts)
+    (folder / BENCH_FILE).write_text(measured.to_json())
+    if not measured.quiet:
+        console.print(f"warning: every measurement ran under a 1-minute load above {max_load:g} (lowest: "
+                      f"{measured.chosen.max_load:g}); the report says so. For a clean one, delete "
+                      f"{folder / BENCH_FILE} and rerun when the machine is quieter.", markup=False)
+    return measured
+
+
+def throughput_table(throughput: Throughput) -> Table:
+    steps = throughput.phase_steps()
+    table = Table(title=f"steps in {throughput.budget_s:g} s of training, from the measured throughput",
+                  title_justify="left")
+    for column in ("variant", "images/s per phase", "steps per phase", "seconds"):
+        table.add_column(column)
+    for name, speeds in throughput.chosen.variants.items():
+        table.add_row(name, ", ".join(f"{p.phase} {p.images_per_s:.1f}" for p in speeds),
+                      ", ".join(str(n) for n in steps[name]), f"{throughput.seconds_at(name, sum(steps[name])):.0f}")
+    return table
 
 
 def ablate(args: argparse.Namespace) -> int:
@@ -191,7 +283,9 @@ def ablate(args: argparse.Namespace) -> int:
                             f"{len(previous.variants)} variants, seeds {list(previous.seeds)}). Repeat its arguments "
                             f"to continue it, or choose another --out.")
     specs = plan.runs()
-    table = Table(title=f"{len(specs)} runs: {len(plan.variants)} variants x {len(plan.seeds)} seeds ({plan.design})",
+    seeds = f"{len(plan.seeds)} seeds" + (f" ({len(plan.anchor_seeds)} for {', '.join(plan.anchors)})"
+                                          if plan.anchor_seeds else "")
+    table = Table(title=f"{len(specs)} runs: {len(plan.variants)} variants x {seeds} ({plan.design})",
                   title_justify="left")
     for column in ("variant", "plugins", "overrides"):
         table.add_column(column)
@@ -200,10 +294,20 @@ def ablate(args: argparse.Namespace) -> int:
     console.print(table)
     for name, why in plan.skipped:
         console.print(f"skipped variant {name}: {why}", markup=False)
+    bench = budget_seconds(plan.budget)[0] == "bench"
     if args.plan_only:
+        if bench and (folder / BENCH_FILE).is_file():
+            console.print(throughput_table(bench_throughput(args, plan, folder, console)))
+        elif bench:
+            console.print("the steps of each variant come from the throughput measured when the ablation starts",
+                          markup=False)
         return 0
     folder.mkdir(parents=True, exist_ok=True)
     stored.write_text(plan.to_json())
+    if bench:
+        throughput = bench_throughput(args, plan, folder, console)
+        console.print(throughput_table(throughput))
+        specs = plan.runs(throughput.phase_steps())
     if options is None:
         outcomes = run_ablation(folder, plan.recipe, specs, args.parallel, args.resume, shlex.split(args.launcher),
                                 console)

@@ -191,7 +191,9 @@ def synthetic_batch(shape: BenchShape, text_tokens: int, text_dim: int, device: 
     return Batch(images.to(device), [""] * b, ids, Conditioning(tokens.to(device), mask.to(device)))
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a CUDA device; nothing to wait for elsewhere), so
+    that a clock read next includes it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -217,11 +219,11 @@ def time_optimizers(trainer: Trainer, batch: Batch, reps: int) -> dict[str, floa
     out = {}
     for label, opt in trainer.optimizers.items():
         step_unless(opt, keep)  # warm: state exists, kernels compiled
-        _sync(trainer.device)
+        synchronize(trainer.device)
         start = time.perf_counter()
         for _ in range(reps):
             step_unless(opt, keep)
-        _sync(trainer.device)
+        synchronize(trainer.device)
         out[label] = 1e3 * (time.perf_counter() - start) / reps
     for opt in trainer.optimizers.values():
         opt.zero_grad(set_to_none=True)
@@ -259,12 +261,12 @@ def bench_combo(recipe: Recipe, registry: Registry, combo: Combo, shape: BenchSh
     stream = batches()
     for _ in range(warmup):
         trainer.train_step(stream, 1)
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - started
     start = time.perf_counter()
     for _ in range(steps):
         metrics = trainer.train_step(stream, shape.accumulation)
-    _sync(device)
+    synchronize(device)
     step_s = (time.perf_counter() - start) / steps
     loss = float(metrics["loss"])
     optimizer_ms = time_optimizers(trainer, batch, optimizer_reps)

@@ -146,7 +146,7 @@ def write_run(directory: Path, values: dict[str, float], seed: int, steps: int =
             for s in range(2, steps + 1, 2)]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     evaluation = {"step": steps, "prompt_following": {"overall": values["prompt_following"], "color": 0.9},
-                  "frechet": {"fd_efficientnet": 3.0}}
+                  "distribution": {"fd_efficientnet": 3.0}}
     summary = {"name": "t", "plugins": [], "seed": seed, "steps": steps, "wall_s": 10.0,
                "images_per_s": values["images_per_s"], "peak_mem_mb": 100.0,
                "final": {"loss": values["loss/diffusion"] + 0.5, "loss/diffusion": values["loss/diffusion"]},
@@ -229,7 +229,7 @@ def test_missing_pair_runs_are_named(tmp_path):
 
 def test_flatten_eval():
     assert flatten_eval({"step": 5, "prompt_following": {"overall": 0.7, "count": 0.5},
-                         "frechet": {"fd_efficientnet": 2.0}, "other": 1}) == {
+                         "distribution": {"fd_efficientnet": 2.0}, "other": 1}) == {
         "prompt_following": 0.7, "prompt_following/count": 0.5, "fd_efficientnet": 2.0, "eval/other": 1.0}
 
 
