@@ -7,10 +7,15 @@ numbers are comparable within the project, not with published FIDs. Inception-v3
 (CMMD, Jayasumana et al. 2024: MMD with a Gaussian kernel on CLIP image embeddings) run when
 their weights are on the machine, and fail with one message naming the weights otherwise.
 
-Specs: ``efficientnet-lite0`` (key ``fd_efficientnet``), ``inception`` or ``inception:PATH``
-(key ``fid``; torchvision's ImageNet Inception-v3 weights from PATH or the torch hub cache),
-``clip`` or ``clip:ID_OR_DIR`` (key ``cmmd``; a Hugging Face CLIP vision model, by default
-``openai/clip-vit-large-patch14-336`` as in the CMMD paper).
+Techniques that train against the same EfficientNet (the quickstart's REPA and perceptual losses)
+are favoured by ``fd_efficientnet``; ``pixels`` (key ``fd_pixels``) is the Fréchet distance of
+8 x 8 colour thumbnails, a feature space no technique trains against (every variant trains the
+same pixel-space diffusion loss): it sees colours and where things are, not shape detail.
+
+Specs: ``efficientnet-lite0`` (key ``fd_efficientnet``), ``pixels`` (key ``fd_pixels``),
+``inception`` or ``inception:PATH`` (key ``fid``; torchvision's ImageNet Inception-v3 weights
+from PATH or the torch hub cache), ``clip`` or ``clip:ID_OR_DIR`` (key ``cmmd``; a Hugging Face
+CLIP vision model, by default ``openai/clip-vit-large-patch14-336`` as in the CMMD paper).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_DEFAULT = "openai/clip-vit-large-patch14-336"
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
+PIXELS_SIDE = 8
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
 
@@ -148,6 +154,15 @@ def _efficientnet(device: torch.device) -> FeatureNetwork:
     return FeatureNetwork("fd_efficientnet", features, "frechet")
 
 
+def _pixels() -> FeatureNetwork:
+    """``PIXELS_SIDE`` x ``PIXELS_SIDE`` area-averaged colour thumbnails in [0, 1], flattened."""
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d((images.float() + 1) / 2, PIXELS_SIDE).flatten(1)
+
+    return FeatureNetwork("fd_pixels", features, "frechet")
+
+
 def _inception(location: str, device: torch.device) -> FeatureNetwork:
     from torchvision.models import inception_v3
 
@@ -202,11 +217,13 @@ def load_feature_network(spec: str, device: torch.device | str = "cpu") -> Featu
     kind, _, location = spec.partition(":")
     if kind == "efficientnet-lite0" and not location:
         return _efficientnet(device)
+    if kind == "pixels" and not location:
+        return _pixels()
     if kind == "inception":
         return _inception(location, device)
     if kind == "clip":
         return _clip(location, device)
-    raise UserError(f"unknown distribution metric '{spec}': use 'efficientnet-lite0' (offline), "
+    raise UserError(f"unknown distribution metric '{spec}': use 'efficientnet-lite0' or 'pixels' (offline), "
                     f"'inception[:PATH]' (FID) or 'clip[:ID_OR_DIR]' (CMMD).")
 
 

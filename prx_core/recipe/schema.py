@@ -146,6 +146,7 @@ class EvalConfig:
     """Prompt-following evaluation on held-out scene prompts (see prx_core.evaluation), and
     distribution metrics of the same images against the scene generator's renders of the same
     prompts (``"efficientnet-lite0"``: Fréchet distance on offline ImageNet features;
+    ``"pixels"``: on 8 x 8 colour thumbnails, which no technique trains against;
     ``"inception"``: FID and ``"clip"``: CMMD where those weights are available).
 
     ``every``: also evaluate prompt following every that many steps during training (0: only at

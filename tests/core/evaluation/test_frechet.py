@@ -169,3 +169,15 @@ def test_efficientnet_distance_separates_smooth_images_from_noise():
     out_same = distribution_metrics(smooth, smooth_again, [network])["fd_efficientnet"]
     out_noise = distribution_metrics(smooth, noise, [network])["fd_efficientnet"]
     assert 0 <= out_same < out_noise / 3
+
+
+def test_pixel_thumbnails_give_the_closed_form_distance_of_a_colour_shift():
+    """A constant shift c (in [-1, 1] units) moves every thumbnail value by c / 2 and leaves the
+    covariance alone: the distance is 192 (c / 2)^2, whatever the images."""
+    network = load_feature_network("pixels")
+    images = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    assert network.key == "fd_pixels" and extract_features(images[:2], network.features).shape == (2, 192)
+    same = distribution_metrics(images, images, [network])["fd_pixels"]
+    shifted = distribution_metrics(images + 0.2, images, [network])["fd_pixels"]
+    assert same == pytest.approx(0.0, abs=1e-9)
+    assert shifted == pytest.approx(192 * 0.1**2, rel=1e-6)
