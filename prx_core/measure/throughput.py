@@ -9,8 +9,9 @@ evaluation). It runs ``rounds`` rounds; in each, every recipe (in an order rotat
 round) times ``steps`` steps of each of its phases. A phase's step time is the median over
 rounds: a slow change of the load hits every recipe alike, a burst hits one round of one recipe
 and the median drops it. The 1-minute load average is recorded before each round and after the
-last; when it exceeded ``max_load`` the machine was busy and the measurement is repeated after
-waiting for a quieter moment.
+last. Each measurement starts once the others' load leaves room for this process's threads (or
+after a wait of at most ``wait_s``); when the load during it exceeded ``max_load`` the machine was
+busy and it is repeated.
 """
 from __future__ import annotations
 
@@ -159,18 +160,20 @@ def measure_quietly(recipes: Mapping[str, Recipe], registry: Registry, *, rounds
                     loadavg: Callable[[], float] = lambda: os.getloadavg()[0],
                     sleep: Callable[[float], None] = time.sleep,
                     log: Callable[[str], None] = lambda message: None) -> tuple[Attempt, ...]:
-    """:func:`measure`, repeated (up to ``attempts`` times) after a wait (up to ``wait_s``) for a
-    quieter machine while the load during the measurement exceeded ``max_load``; every attempt."""
+    """:func:`measure`, each attempt after waiting (up to ``wait_s``) for the others' load to
+    leave room (the 1-minute load average below ``max_load`` minus this process's threads), and
+    repeated (up to ``attempts`` times) while the load during the measurement exceeded
+    ``max_load``; every attempt."""
+    below = max(0.5, max_load - torch.get_num_threads())
     done: list[Attempt] = []
     for number in range(1, attempts + 1):
+        if (load := loadavg()) >= below:
+            log(f"the 1-minute load average is {load:.2f}: waiting up to {wait_s / 60:.0f} min for it to fall "
+                f"below {below:g} before measuring ({number}/{attempts})")
+            wait_until_quiet(below, wait_s, loadavg, sleep)
         attempt = measure(recipes, registry, rounds=rounds, steps=steps, device=device, loadavg=loadavg, log=log)
         done.append(attempt)
         if attempt.max_load <= max_load:
             break
-        if number < attempts:
-            below = max(0.5, max_load - attempt.threads)
-            log(f"the 1-minute load average reached {attempt.max_load:.2f} during the measurement (limit "
-                f"{max_load:g}); waiting up to {wait_s / 60:.0f} min for it to fall below {below:g}, then measuring "
-                f"again ({number + 1}/{attempts})")
-            wait_until_quiet(below, wait_s, loadavg, sleep)
+        log(f"the 1-minute load average reached {attempt.max_load:.2f} during the measurement (limit {max_load:g})")
     return tuple(done)

@@ -19,7 +19,7 @@ def test_every_phase_of_every_recipe_is_timed_in_interleaved_rounds():
     registry = discover()
     recipes = {"plain": load_recipe(TINY_RECIPE, [], registry),
                "two phases": load_recipe(TINY_RECIPE, list(TWO_PHASES), registry)}
-    loads = iter([0.5, 0.6, 0.4])  # before each round and after the last
+    loads = iter([0.3, 0.5, 0.6, 0.4])  # before waiting, then before each round and after the last
     (attempt,) = measure_quietly(recipes, registry, rounds=2, steps=1, max_load=3.0, attempts=1, wait_s=0,
                                  device=torch.device("cpu"), loadavg=lambda: next(loads))
     assert attempt.load == (0.5, 0.6, 0.4) and attempt.max_load == 0.6 and attempt.rounds == 2
@@ -34,12 +34,14 @@ def test_every_phase_of_every_recipe_is_timed_in_interleaved_rounds():
 def test_a_busy_machine_is_measured_again_after_waiting():
     registry = discover()
     recipes = {"plain": load_recipe(TINY_RECIPE, [], registry)}
-    # first attempt: busy (9.0 before, 9.0 after); the wait sees 5.0 then 0.3; second attempt: quiet.
-    loads = iter([9.0, 9.0, 5.0, 0.3, 0.5, 0.6])
+    # quiet before (0.2); busy during the first attempt (9.0 before and after its round); the check
+    # before the second sees 5.0, the wait sees 5.0 then 0.3; the second attempt is quiet.
+    loads = iter([0.2, 9.0, 9.0, 5.0, 5.0, 0.3, 0.5, 0.6])
     slept = []
-    attempts = measure_quietly(recipes, registry, rounds=1, steps=1, max_load=3.0, attempts=3, wait_s=60,
+    threads = torch.get_num_threads()
+    attempts = measure_quietly(recipes, registry, rounds=1, steps=1, max_load=threads + 1.0, attempts=3, wait_s=60,
                                device=torch.device("cpu"), loadavg=lambda: next(loads), sleep=slept.append)
     assert [a.max_load for a in attempts] == [9.0, 0.6] and slept == [15.0]
-    stuck = measure_quietly(recipes, registry, rounds=1, steps=1, max_load=3.0, attempts=2, wait_s=15,
+    stuck = measure_quietly(recipes, registry, rounds=1, steps=1, max_load=threads + 1.0, attempts=2, wait_s=15,
                             device=torch.device("cpu"), loadavg=lambda: 8.0, sleep=lambda s: None)
     assert [a.max_load for a in stuck] == [8.0, 8.0]
