@@ -183,7 +183,7 @@ def throughput_section(throughput: Throughput) -> list[str]:
     """How the bench budget's steps were measured, and what each variant got."""
     chosen, steps = throughput.chosen, throughput.phase_steps()
     lines = ["## Throughput", "",
-             f"Measured {chosen.started} in one process with {chosen.threads} threads: {chosen.rounds} interleaved "
+             f"Measured {chosen.started} in one process with {chosen.threads} thread(s): {chosen.rounds} interleaved "
              f"rounds of {chosen.steps_per_round} optimizer steps per phase and variant (real batches, text "
              f"encoding, forward, backward, optimizers, EMA), the median per phase; {chosen.seconds:.0f} s. "
              f"The 1-minute load average during the measurement: {min(chosen.load):.2f} to {chosen.max_load:.2f} "
@@ -318,7 +318,7 @@ def build_report(folder: Path) -> Path:
     lines += variant_table(plan, spreads, outcomes) if rows else ["No run has finished yet."]
     lines += attribute_table(plan, spreads)
     if plan.design == "add-and-remove":
-        lines += technique_section(technique_rows(plan, spreads, outcomes))
+        lines += technique_section(technique_rows(plan, spreads, [m for m in outcomes if m != "steps"]))
     if losses and rows:
         lines += ["", "## Loss terms", ""] + variant_table(plan, spreads, losses)
     if plan.design != "add-and-remove":
