@@ -12,8 +12,10 @@ the lowest load is the one used, and the report says when none was quiet.
 Steps from the budget: a variant whose phases have the recipe's steps ``s_i``, global batch
 ``b_i`` and measured ``r_i`` images/s trains ``T = sum(s_i * b_i / r_i)`` seconds; in a budget of
 ``B`` seconds phase ``i`` gets ``round(s_i * B / T)`` steps (at least 1): the recipe's schedule
-stretched or shrunk to the budget, its proportions kept. The throughput is that of the measuring
-process's threads (all cores by default), whatever ``--parallel`` the runs then use.
+stretched or shrunk to the budget, its proportions kept. On the ``wall`` clock the throughput is
+that of the measuring process's threads (all cores), whatever ``--parallel`` the runs then use; on
+the ``cpu`` clock the budget is SECONDS of one core's compute (the runs of ``--parallel N`` on N
+cores train one thread each).
 """
 from __future__ import annotations
 
@@ -49,8 +51,13 @@ class Throughput:
         return min(self.attempts, key=lambda a: a.max_load)
 
     @property
+    def clock(self) -> str:
+        return self.chosen.clock
+
+    @property
     def quiet(self) -> bool:
-        return self.chosen.max_load <= self.max_load
+        """Whether the kept attempt ran within the load limit (CPU time needs no quiet machine)."""
+        return self.clock == "cpu" or self.chosen.max_load <= self.max_load
 
     def phase_steps(self) -> dict[str, tuple[int, ...]]:
         return {name: budget_steps(speeds, self.budget_s) for name, speeds in self.chosen.variants.items()}
@@ -79,7 +86,7 @@ def budget_steps(speeds: tuple[PhaseSpeed, ...], budget_s: float) -> tuple[int, 
 
 
 def load_throughput(folder: Path, variants: Mapping[str, Recipe], registry: Registry,
-                    budget_s: float) -> Throughput | None:
+                    budget_s: float, clock: str = "wall") -> Throughput | None:
     """The folder's ``bench.json`` when it measured these variants with these schedules; None
     when there is none; an error when it measured something else (the runs may depend on it)."""
     path = folder / BENCH_FILE
@@ -93,8 +100,8 @@ def load_throughput(folder: Path, variants: Mapping[str, Recipe], registry: Regi
         expected[name] = [(p.name, p.resolution, p.batch_size, p.steps) for p in phases]
     found = {name: [(p.phase, p.resolution, p.batch_size, p.steps) for p in speeds]
              for name, speeds in stored.chosen.variants.items()}
-    if found != expected or stored.budget_s != budget_s:
-        raise UserError(f"{path} measured other variants, schedules or budget than this ablation's. It fixes the "
-                        f"steps of the runs already made: continue with the arguments that made it, or delete "
+    if found != expected or stored.budget_s != budget_s or stored.clock != clock:
+        raise UserError(f"{path} measured other variants, schedules, budget or clock than this ablation's. It fixes "
+                        f"the steps of the runs already made: continue with the arguments that made it, or delete "
                         f"{path} (and the runs) to measure again.")
     return stored

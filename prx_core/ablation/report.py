@@ -182,13 +182,16 @@ def _describe_plan(plan: AblationPlan, finished: int, missing: list[str]) -> lis
 def throughput_section(throughput: Throughput) -> list[str]:
     """How the bench budget's steps were measured, and what each variant got."""
     chosen, steps = throughput.chosen, throughput.phase_steps()
+    clock = ("CPU time of the process (one thread), which other processes do not inflate, so the budget is "
+             "seconds of one core's compute" if throughput.clock == "cpu" else
+             f"wall-clock (limit of the load average {throughput.max_load:g})")
     lines = ["## Throughput", "",
              f"Measured {chosen.started} in one process with {chosen.threads} thread(s): {chosen.rounds} interleaved "
              f"rounds of {chosen.steps_per_round} optimizer steps per phase and variant (real batches, text "
              f"encoding, forward, backward, optimizers, EMA), the median per phase; {chosen.seconds:.0f} s. "
-             f"The 1-minute load average during the measurement: {min(chosen.load):.2f} to {chosen.max_load:.2f} "
-             f"(limit {throughput.max_load:g}). Each run then trains a fixed number of steps, so the machine's load "
-             f"while it trains does not change what it learns; the plotted time is these steps at this throughput."]
+             f"Clock: {clock}. The 1-minute load average during the measurement: {min(chosen.load):.2f} to "
+             f"{chosen.max_load:.2f}. Each run then trains a fixed number of steps, so the machine's load while it "
+             f"trains does not change what it learns; the plotted time is these steps at this throughput."]
     if not throughput.quiet:
         lines += ["", f"**Warning**: no measurement ran on a quiet machine ({len(throughput.attempts)} attempts, "
                       f"lowest peak load {chosen.max_load:.2f}); the steps may favour variants that happened to "
@@ -302,7 +305,8 @@ def build_report(folder: Path) -> Path:
     losses = [m for m in metrics if (m == "loss" or m.startswith("loss/")) and m not in outcomes]
     throughput = load_throughput_file(folder, plan)
     clock: Clock = (lambda variant, step, wall: throughput.seconds_at(variant, step)) if throughput else logged_clock
-    time_label = "training seconds at the measured throughput" if throughput else "wall-clock (s)"
+    time_label = ("wall-clock (s)" if throughput is None else "training seconds at the measured throughput"
+                  if throughput.clock == "wall" else "seconds of one core at the measured CPU time")
     lines = _describe_plan(plan, len(rows), missing)
     if throughput is not None:
         lines += throughput_section(throughput)

@@ -12,6 +12,13 @@ and the median drops it. The 1-minute load average is recorded before each round
 last. Each measurement starts once the others' load leaves room for this process's threads (or
 after a wait of at most ``wait_s``); when the load during it exceeded ``max_load`` the machine was
 busy and it is repeated.
+
+The clock: ``wall`` (default) times the steps with this process's threads (all cores), the
+wall-clock a user of the recipe sees on a quiet machine; on a busy one a multi-threaded step
+slows down far more than its share of the cores (its threads wait for each other), hence the wait
+for a quieter moment. ``cpu`` times the process's CPU time (user + system) with one thread:
+other processes do not inflate it (their cache traffic aside; the load is still recorded), so it
+measures on a busy machine what one core gives each recipe, in one attempt without waiting.
 """
 from __future__ import annotations
 
@@ -36,11 +43,13 @@ from prx_core.train.phase_data import PhaseData
 from prx_core.train.trainer import Trainer
 from prx_core.types import RunContext
 
+CLOCKS = ("wall", "cpu")
+
 
 @attrs.frozen
 class PhaseSpeed:
     """One phase of one recipe: its ``steps`` and global ``batch_size``, and the seconds per
-    optimizer step measured in each round."""
+    optimizer step measured in each round (on the attempt's clock)."""
 
     phase: str
     resolution: int
@@ -60,7 +69,7 @@ class PhaseSpeed:
 @attrs.frozen
 class Attempt:
     """One measurement of every recipe (by name): when, how long it took, with how many threads,
-    and the load averages seen."""
+    the load averages seen, and which clock (``wall`` or ``cpu``) timed the steps."""
 
     started: str
     seconds: float
@@ -69,6 +78,7 @@ class Attempt:
     steps_per_round: int
     load: tuple[float, ...]
     variants: dict[str, tuple[PhaseSpeed, ...]]
+    clock: str = "wall"
 
     @property
     def max_load(self) -> float:
@@ -91,15 +101,16 @@ class _Contender:
         self.batches: list[Iterator] = [data.start(p, p.batch_size // a)
                                         for data, p, a in zip(self.data, self.phases, self.accumulation)]
 
-    def time_phase(self, index: int, steps: int, device: torch.device) -> float:
-        """Seconds per optimizer step of phase ``index`` over ``steps`` steps."""
+    def time_phase(self, index: int, steps: int, device: torch.device,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
+        """Seconds per optimizer step of phase ``index`` over ``steps`` steps, on ``clock``."""
         self.trainer.start_phase(self.phases[index], index)
         synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             self.trainer.train_step(self.batches[index], self.accumulation[index])
         synchronize(device)
-        return (time.perf_counter() - start) / steps
+        return (clock() - start) / steps
 
     def close(self) -> None:
         for data in self.data:
@@ -107,12 +118,20 @@ class _Contender:
 
 
 def measure(recipes: Mapping[str, Recipe], registry: Registry, *, rounds: int, steps: int, device: torch.device,
-            loadavg: Callable[[], float] = lambda: os.getloadavg()[0],
+            clock: str = "wall", loadavg: Callable[[], float] = lambda: os.getloadavg()[0],
             log: Callable[[str], None] = lambda message: None) -> Attempt:
-    """Time every recipe's phases in ``rounds`` interleaved rounds (module doc)."""
+    """Time every recipe's phases in ``rounds`` interleaved rounds on ``clock`` (module doc)."""
     if rounds < 1 or steps < 1:
         raise UserError(f"--bench-rounds ({rounds}) and --bench-steps ({steps}) must be at least 1.")
-    started, clock = datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time.monotonic()
+    if clock not in CLOCKS:
+        raise UserError(f"--bench-clock {clock}: choose wall or cpu.")
+    if clock == "cpu" and device.type != "cpu":
+        raise UserError(f"--bench-clock cpu times the CPU's work; this recipe trains on {device}: use wall.")
+    started, began = datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time.monotonic()
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    threads = torch.get_num_threads()
+    if clock == "cpu":
+        torch.set_num_threads(1)
     names = list(recipes)
     contenders: dict[str, _Contender] = {}
     try:
@@ -128,7 +147,7 @@ def measure(recipes: Mapping[str, Recipe], registry: Registry, *, rounds: int, s
             load.append(loadavg())
             for name in names[r % len(names):] + names[:r % len(names)]:
                 for index in range(len(contenders[name].phases)):
-                    times[name][index].append(contenders[name].time_phase(index, steps, device))
+                    times[name][index].append(contenders[name].time_phase(index, steps, device, timer))
             log(f"round {r + 1}/{rounds} done (1-minute load average {load[-1]:.2f})")
         load.append(loadavg())
         variants = {
@@ -136,13 +155,15 @@ def measure(recipes: Mapping[str, Recipe], registry: Registry, *, rounds: int, s
                         for i, p in enumerate(contenders[name].phases))
             for name in names
         }
+        used = torch.get_num_threads()
     finally:
         for contender in contenders.values():
             contender.close()
         contenders.clear()
         release(device)
-    return Attempt(started, round(time.monotonic() - clock, 1), torch.get_num_threads(), rounds, steps,
-                   tuple(round(x, 2) for x in load), variants)
+        torch.set_num_threads(threads)
+    return Attempt(started, round(time.monotonic() - began, 1), used, rounds, steps, tuple(round(x, 2) for x in load),
+                   variants, clock)
 
 
 def wait_until_quiet(below: float, timeout_s: float, loadavg: Callable[[], float], sleep: Callable[[float], None],
@@ -156,14 +177,18 @@ def wait_until_quiet(below: float, timeout_s: float, loadavg: Callable[[], float
 
 
 def measure_quietly(recipes: Mapping[str, Recipe], registry: Registry, *, rounds: int, steps: int, max_load: float,
-                    attempts: int, wait_s: float, device: torch.device,
+                    attempts: int, wait_s: float, device: torch.device, clock: str = "wall",
                     loadavg: Callable[[], float] = lambda: os.getloadavg()[0],
                     sleep: Callable[[float], None] = time.sleep,
                     log: Callable[[str], None] = lambda message: None) -> tuple[Attempt, ...]:
     """:func:`measure`, each attempt after waiting (up to ``wait_s``) for the others' load to
     leave room (the 1-minute load average below ``max_load`` minus this process's threads), and
     repeated (up to ``attempts`` times) while the load during the measurement exceeded
-    ``max_load``; every attempt."""
+    ``max_load``; every attempt. On the ``cpu`` clock the load does not matter: one attempt, no
+    waiting."""
+    if clock == "cpu":
+        return (measure(recipes, registry, rounds=rounds, steps=steps, device=device, clock=clock, loadavg=loadavg,
+                        log=log),)
     below = max(0.5, max_load - torch.get_num_threads())
     done: list[Attempt] = []
     for number in range(1, attempts + 1):

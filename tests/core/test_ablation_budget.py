@@ -228,3 +228,15 @@ def test_a_bench_budget_is_refused_with_the_slurm_executor(capsys):
     argv = ["ablate", str(TINY_RECIPE), "--vary", "cfg", "--budget", "bench:60", "--executor", "slurm", "--plan-only"]
     assert main(argv) == 2
     assert "not where the runs train" in capsys.readouterr().err
+
+
+def test_a_stored_cpu_clock_measurement_is_not_continued_on_the_wall_clock(tmp_path):
+    registry = discover()
+    recipes = {"plain": load_recipe(TINY_RECIPE, [], registry)}
+    attempt = Attempt("t", 1.0, 1, 1, 1, (50.0, 50.0), {"plain": (PhaseSpeed("train", 32, 8, 6, (0.1,)),)}, "cpu")
+    throughput = Throughput(5.0, 2.0, (attempt,))
+    assert throughput.clock == "cpu" and throughput.quiet  # CPU time needs no quiet machine
+    (tmp_path / BENCH_FILE).write_text(throughput.to_json())
+    assert load_throughput(tmp_path, recipes, registry, 5.0, "cpu") == throughput
+    with pytest.raises(UserError, match="clock"):  # continuing with the other clock would mix budgets
+        load_throughput(tmp_path, recipes, registry, 5.0, "wall")

@@ -1,11 +1,12 @@
 """Several recipes' real training steps timed side by side (``prx_core.measure.throughput``): every
 phase of every recipe in interleaved rounds, the load recorded, a busy machine measured again
-after waiting for a quieter one."""
+after waiting for a quieter one, and the CPU-time clock that needs no quiet machine."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from prx_core.errors import UserError
 from prx_core.measure.throughput import measure_quietly
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
@@ -45,3 +46,18 @@ def test_a_busy_machine_is_measured_again_after_waiting():
     stuck = measure_quietly(recipes, registry, rounds=1, steps=1, max_load=threads + 1.0, attempts=2, wait_s=15,
                             device=torch.device("cpu"), loadavg=lambda: 8.0, sleep=lambda s: None)
     assert [a.max_load for a in stuck] == [8.0, 8.0]
+
+
+def test_the_cpu_clock_measures_one_thread_once_whatever_the_load():
+    registry = discover()
+    recipes = {"plain": load_recipe(TINY_RECIPE, [], registry)}
+    threads = torch.get_num_threads()
+    (attempt,) = measure_quietly(recipes, registry, rounds=2, steps=1, max_load=1.0, attempts=3, wait_s=600,
+                                 device=torch.device("cpu"), clock="cpu", loadavg=lambda: 50.0,
+                                 sleep=lambda s: pytest.fail("the cpu clock does not wait"))
+    assert attempt.clock == "cpu" and attempt.threads == 1 and attempt.load == (50.0,) * 3
+    assert torch.get_num_threads() == threads  # restored
+    assert all(p.median_step_s > 0 for p in attempt.variants["plain"])
+    with pytest.raises(UserError, match="bench-clock cpu"):
+        measure_quietly(recipes, registry, rounds=1, steps=1, max_load=1.0, attempts=1, wait_s=0,
+                        device=torch.device("meta"), clock="cpu")
