@@ -29,7 +29,7 @@ from prx_core.ablation.stats import __doc__ as RULE_DOC
 from prx_core.errors import UserError
 from prx_core.evaluation.checker import ATTRIBUTES, CHANCE
 
-OUTCOME_ORDER = ("loss/diffusion", "prompt_following", "fd_efficientnet", "fid", "cmmd", "images_per_s",
+OUTCOME_ORDER = ("loss/diffusion", "prompt_following", "fd_pixels", "fd_efficientnet", "fid", "cmmd", "images_per_s",
                  "peak_mem_mb", "wall_s", "steps")
 MARKS = {"better": " ▲", "worse": " ▼"}
 
@@ -166,7 +166,7 @@ def _describe_plan(plan: AblationPlan, finished: int, missing: list[str]) -> lis
     if plan.anchor_seeds:
         seeds += f" ({', '.join(map(str, plan.anchor_seeds))} for {' and '.join(plan.anchors)})"
     lines = [
-        f"# Ablation of `{plan.recipe}`", "",
+        f"# Ablation of `{Path(plan.recipe).parent.name}/{Path(plan.recipe).name}`", "",
         f"- design: **{plan.design}**, factors: {factors}",
         f"- reference: **{ref.name}** (plugins: {', '.join(ref.plugins) or 'none'}"
         + "".join(f", {k} = {lvl}" for k, lvl in ref.levels.items() if not _is_plugin(plan, k)) + ")",
