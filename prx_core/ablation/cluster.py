@@ -12,9 +12,11 @@ about each stored job and
   with ``prx run --resume`` only when given ``--resume``, as local ablations do; without it, it
   names them and stops before submitting anything.
 
-``--detach`` submits and returns; the report is written once every run has finished. A job that
-times out or is preempted is requeued by submitit and continues from its last checkpoint
-(``prx run --resume``). The ablation folder must be on storage every node sees.
+``--detach`` submits and returns; the report is written once every run has finished. Ctrl-C or
+SIGTERM while the command waits (also in the background, ``nohup prx ablate ... &``) stops the
+waiting, not the jobs. A job that times out or is preempted is requeued by submitit and continues
+from its last checkpoint (``prx run --resume``). The ablation folder must be on storage every
+node sees.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import attrs
 from rich.console import Console
 
 from prx_core.ablation.design import RunSpec
-from prx_core.ablation.runner import THREAD_VARIABLES, RunOutcome, RunProgress, run_command, run_state
+from prx_core.ablation.runner import THREAD_VARIABLES, RunOutcome, RunProgress, StopSignals, run_command, run_state
 from prx_core.errors import UserError
 
 JOBS_FILE = "slurm/jobs.json"
@@ -258,7 +260,7 @@ def _wait(folder: Path, specs: Sequence[RunSpec], waiting: list[RunSpec], jobs: 
           console: Console) -> list[RunOutcome]:
     started = time.monotonic()
     try:
-        with RunProgress(len(specs), len(outcomes), len(waiting) or 1, console) as progress:
+        with RunProgress(len(specs), len(outcomes), len(waiting) or 1, console) as progress, StopSignals():
             while waiting:
                 for spec in list(waiting):
                     job_id = jobs[spec.directory]["job_id"]

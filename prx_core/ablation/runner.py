@@ -4,6 +4,11 @@ A run is finished when its ``summary.json`` exists. A run folder without one was
 (or crashed); with ``resume`` it is continued with ``prx run --resume`` (from its last
 checkpoint, or from step 0 if it has none), without ``resume`` the runner refuses to touch it.
 Each subprocess gets ``cores / parallel`` CPU threads and, on Linux, that many cores of its own.
+
+Ctrl-C or SIGTERM stops the ablation: each running run gets one SIGINT, writes a checkpoint and
+exits (the same command with ``--resume`` continues). Both signals are handled explicitly, so
+this also holds for an ablation started in the background (``nohup prx ablate ... &``), where
+the shell makes the process ignore SIGINT.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -148,7 +154,7 @@ def run_ablation(
     free = list(range(parallel))
     running: dict[int, tuple[subprocess.Popen, RunSpec, float, Path]] = {}
     (folder / "logs").mkdir(parents=True, exist_ok=True)
-    with RunProgress(len(specs), len(outcomes), parallel, console) as progress:
+    with RunProgress(len(specs), len(outcomes), parallel, console) as progress, StopSignals():
         if outcomes:
             progress.message(f"{len(outcomes)} of {len(specs)} runs already finished; {len(queue)} to go")
         try:
@@ -183,6 +189,28 @@ def run_ablation(
             _stop(running)
             raise
     return [outcomes[spec.directory] for spec in specs if spec.directory in outcomes]
+
+
+class StopSignals:
+    """Within it, SIGINT and SIGTERM raise KeyboardInterrupt (in the main thread; elsewhere
+    nothing changes), also where the shell made the process ignore SIGINT (``nohup ... &``).
+    Both executors wait for their runs inside it: the local one then stops its runs with a
+    checkpoint, the SLURM one stops waiting and leaves the jobs running."""
+
+    def __enter__(self) -> StopSignals:
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, _interrupt)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _stop(running: dict[int, tuple[subprocess.Popen, RunSpec, float, Path]]) -> None:

@@ -7,8 +7,11 @@ import csv
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -353,3 +356,77 @@ def test_prx_ablate_and_report_commands(tmp_path, fake_run, monkeypatch):
     (out / "report.md").unlink()
     args = parser.parse_args(["report", str(out), "--quiet"])
     assert args.func(args) == 0 and (out / "report.md").is_file()
+
+
+BLOCKING_RUN = textwrap.dedent('''
+    """Stands in for `prx run`: says it started (with its pid), then waits for SIGINT, which it
+    records; it gives up by itself after five minutes, so that a failed test leaves nothing behind."""
+    import os, pathlib, signal, sys, time
+    args = sys.argv[1:]
+    run_dir = pathlib.Path(args[args.index("--run-dir") + 1])
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def stop(signum, frame):
+        (run_dir / "stopped").write_text(signal.Signals(signum).name)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    (run_dir / "started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(1)
+''')
+
+DRIVER = textwrap.dedent('''
+    import os, sys
+    from pathlib import Path
+    from rich.console import Console
+    from prx_core.ablation.design import AblationPlan, design_variants, parse_vary
+    from prx_core.ablation.runner import run_ablation
+    factors = tuple(parse_vary(["tread"]))
+    plan = AblationPlan("r.toml", "one-at-a-time", factors, (0,), "steps", (),
+                        tuple(design_variants((), factors, "one-at-a-time")))
+    try:
+        run_ablation(Path(sys.argv[1]), "r.toml", plan.runs(), launcher=[sys.executable, sys.argv[2]],
+                     console=Console(file=open(os.devnull, "w")))
+    except KeyboardInterrupt:
+        sys.exit(130)
+''')
+
+
+def test_sigterm_stops_a_background_ablation_and_its_runs_checkpoint(tmp_path):
+    """Started as `nohup ... &` starts it (SIGINT ignored), SIGTERM stops it: the running run gets
+    its SIGINT (prx run then checkpoints) and no further run starts."""
+    (tmp_path / "run.py").write_text(BLOCKING_RUN)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    folder = tmp_path / "ablation"
+    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(folder), str(tmp_path / "run.py")],
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    started = folder / "runs" / "baseline" / "seed0" / "started"
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+        assert started.exists(), "the first run never started"
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=120) == 130
+        assert (folder / "runs" / "baseline" / "seed0" / "stopped").read_text() == "SIGINT"
+        assert not (folder / "runs" / "+tread").exists()
+    finally:  # on a failure, end what this test started (the run is in a session of its own)
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        if started.exists() and started.read_text():
+            kill_if_running(int(started.read_text()), str(tmp_path / "run.py"))
+
+
+def kill_if_running(pid: int, script: str) -> None:
+    """SIGKILL process ``pid`` if it still runs ``script`` (not another process that got its pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = script.encode() in f.read().split(b"\0")
+    except OSError:
+        return
+    if ours:
+        os.kill(pid, signal.SIGKILL)

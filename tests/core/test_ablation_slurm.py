@@ -106,6 +106,56 @@ def test_killing_the_submitting_process_then_running_the_command_again_picks_up_
         assert json.loads((out / directory / "summary.json").read_text())["steps"] == 2
 
 
+WAITING_DRIVER = """
+import os, signal, sys, time
+from prx_core.ablation import cluster
+from prx_core.cli import main
+
+
+class Clock:
+    \"\"\"The cluster module's time: the first pause between two polls of the jobs gets SIGTERM.\"\"\"
+    terminated = False
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def sleep(self, seconds):
+        if not self.terminated:
+            self.terminated = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(seconds)
+
+
+cluster.time = Clock()
+try:
+    code = main(sys.argv[1:])
+except KeyboardInterrupt:
+    code = 130
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_stops_the_waiting_and_leaves_the_jobs_running(tmp_path, fake_launcher):
+    """Started as `nohup ... &` starts it (SIGINT ignored), the command gets SIGTERM while it waits
+    for its jobs: it says so and exits 130; the jobs finish on their own, and the same command
+    collects them without submitting anything."""
+    (tmp_path / "driver.py").write_text(WAITING_DRIVER)
+    out = tmp_path / "abl"
+    argv = ["ablate", str(TINY), "--vary", "cfg", "--out", str(out), "--launcher", fake_launcher, *LOCAL]
+    driver = subprocess.run([sys.executable, str(tmp_path / "driver.py"), *argv], capture_output=True, text=True,
+                            timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert driver.returncode == 130, driver.stdout[-3000:] + driver.stderr[-3000:]
+    assert "stopped waiting; the jobs keep running" in driver.stdout
+    jobs = jobs_of(out)
+    assert len(jobs) == 2 and not (out / "report.md").exists()
+    again = subprocess.run([sys.executable, "-m", "prx_core", *argv], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "submitted" not in again.stdout and jobs_of(out) == jobs
+    assert len(commands_in_logs(out)) == 2  # each run was started once
+    assert "runs finished: 2 of 2" in (out / "report.md").read_text()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
