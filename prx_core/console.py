@@ -21,6 +21,7 @@ class RunConsole:
         self.interactive = self.console.is_terminal if interactive is None else interactive
         self.total = total_steps
         self.log_file = log_file
+        self._early: list[str] = []  # lines logged before the run folder (and its log) exist
         self._progress: Progress | None = None
         self._task = None
         self._start = time.monotonic()
@@ -41,11 +42,20 @@ class RunConsole:
             self._progress.__exit__(*exc)
             self._progress = None
 
+    def attach_log(self, log_file) -> None:
+        """Write the run log into ``log_file`` from now on, starting with the lines logged before."""
+        self.log_file = log_file
+        log_file.write("".join(line + "\n" for line in self._early))
+        log_file.flush()
+        self._early.clear()
+
     def log(self, message: str) -> None:
         """A line for the user (and the run log)."""
         if self.log_file is not None:
             self.log_file.write(message + "\n")
             self.log_file.flush()
+        elif self.enabled:
+            self._early.append(message)
         if not self.enabled:
             return
         if self._progress is not None:

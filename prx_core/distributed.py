@@ -44,6 +44,24 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def device_problem(preference: str) -> str | None:
+    """Why the ``[train] device`` named cannot be used on this machine, or None ("auto" always can)."""
+    if preference == "auto":
+        return None
+    device = torch.device(preference)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f'"{preference}" names a CUDA device, but this machine has none; use "auto" or "cpu"'
+        if device.index is not None and device.index >= count:
+            return f'"{preference}" names CUDA device {device.index}, but this machine has {count} (0..{count - 1})'
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f'"{preference}" names the Apple GPU, which this machine does not have; use "auto" or "cpu"'
+    if device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        return f'"{preference}" names an Intel GPU, which this machine does not have; use "auto" or "cpu"'
+    return None
+
+
 def init_distributed(config: DistributedConfig, device_preference: str) -> DistInfo:
     """Join the process group when launched by torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -18,7 +18,10 @@ from prx_core.caption_cleaning import clean_captions
 from prx_core.errors import RecipeError, WeightsNotFoundError
 from prx_core.recipe.schema import TextConfig
 from prx_core.types import Conditioning
-from prx_core.weights import hub_offline, local_location
+from prx_core.weights import hub_model_problem, hub_offline, local_location
+
+HOW_TO_GET = ("Download it once with `huggingface-cli download {spec}` on a machine with network access, or set "
+              "[text] encoder to a local directory holding its config, tokenizer and weights.")
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -84,10 +87,7 @@ class TextEncoder(nn.Module):
 
 def _not_loaded(spec: str, err: BaseException) -> WeightsNotFoundError:
     return WeightsNotFoundError(
-        f"text encoder '{spec}' could not be loaded ({str(err).splitlines()[0]}). Download it once with "
-        f"`huggingface-cli download {spec}` on a machine with network access, or set [text] encoder to a "
-        f"local directory holding its config, tokenizer and weights."
-    )
+        f"text encoder '{spec}' could not be loaded ({str(err).splitlines()[0]}). {HOW_TO_GET.format(spec=spec)}")
 
 
 @lru_cache(maxsize=4)
@@ -138,11 +138,25 @@ def text_width(config: TextConfig) -> int:
     return width
 
 
-def check_text_width(config: TextConfig, planned: int, encoder) -> None:
-    """The loaded ``encoder`` must output the width the run was planned for (:func:`text_width`)."""
+def check_text_width(config: TextConfig, planned: int, encoder, source: str = "the recipe") -> None:
+    """The loaded ``encoder`` must output the width the run was planned for (:func:`text_width`);
+    ``source`` names the file (or ``--set`` item) that set ``[text]``."""
     if encoder.dim != planned:
         stated = f"[text] dim = {config.dim}" if config.dim is not None else f"the run was planned for {planned}"
-        raise RecipeError(f"{stated} but the encoder '{config.encoder}' outputs {encoder.dim}: fix or remove [text] dim.")
+        raise RecipeError(f"{source}: {stated} but the encoder '{config.encoder}' outputs {encoder.dim}: fix or "
+                          "remove [text] dim.")
+
+
+def encoder_problem(config: TextConfig) -> str | None:
+    """Why the text encoder ``config.encoder`` cannot be loaded on this machine, or None; checked
+    without loading it (a Hugging Face id not cached yet is downloaded when the run starts)."""
+    if config.encoder == "none":
+        return None
+    try:
+        problem = hub_model_problem(local_location(config.encoder, f"text encoder '{config.encoder}'"))
+    except WeightsNotFoundError as err:
+        return str(err)
+    return f"'{config.encoder}' {problem}. {HOW_TO_GET.format(spec=config.encoder)}" if problem else None
 
 
 class RandomTextEncoder(nn.Module):

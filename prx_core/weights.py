@@ -49,6 +49,29 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "true", "yes", "on")
 
 
+def hub_model_problem(name: str) -> str | None:
+    """Why the Hugging Face model ``name`` (an id or a local directory) cannot be loaded here, in
+    words to follow the name, or None; answered without loading it, so that ``prx run`` and
+    ``--dry-run`` refuse it before anything is built. A local directory needs its ``config.json``;
+    a hub id needs to be in the local cache when the hub is offline (online, a missing model is
+    downloaded when the run starts)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    if os.path.isdir(name):
+        return None if (Path(name) / "config.json").is_file() else "is a directory without config.json"
+    if name.startswith(("/", "./", "../", "~")):
+        return "is not an existing directory"
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:
+        return "is neither a local directory nor a Hugging Face model id"
+    if isinstance(cached, str) or not hub_offline():
+        return None
+    return (f"is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it "
+            "cannot be downloaded")
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict saved with ``torch.save``, read without executing code (``weights_only``),
     unwrapped from a ``{"state_dict": ...}`` or ``{"model": ...}`` checkpoint."""

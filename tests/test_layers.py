@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "prx_core.text", "prx_core.weights", "prx_core.teachers", "prx_core.recipe", "prx_core.checkpoint", "prx_core.distributed", "prx_core.console",
               "prx_core.runfolder", "prx_core.generate", "prx_core.evaluation", "prx_core.caption_cleaning",
               "prx_core.diffusers_format", "prx_core.tracking")),
-    ("plugins", ("prx_core.registry", "prx_core.recipe.loader", "prx_core.techniques")),
+    ("plugins", ("prx_core.registry", "prx_core.recipe.loader", "prx_core.recipe.annotate", "prx_core.techniques")),
     ("planning", ("prx_core.plan",)),
     ("training", ("prx_core.train", "prx_core.inference", "prx_core.export", "prx_core.diffusers_format.export",
                   "prx_core.diffusers_format.usage")),

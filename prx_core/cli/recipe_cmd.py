@@ -7,6 +7,7 @@ import sys
 from prx_core import registry as plugin_registry
 from prx_core.cli.common import add_set_argument
 from prx_core.plan import model_config
+from prx_core.recipe.annotate import annotated_toml
 from prx_core.recipe.loader import dump_recipe_toml, load_recipe
 from prx_core.techniques import TechniqueSet
 from prx_core.types import RunContext
@@ -25,10 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "show",
         help="print the resolved recipe: every setting, defaults included",
         description="Print the recipe as a run will use it: files it extends merged, --set applied, every "
-        "default filled in. The output is itself a recipe: save it and run it to repeat the exact settings.",
+        "default filled in. The output is itself a recipe: save it and run it to repeat the exact settings. "
+        "With --constraints, each key is followed by a comment saying what its value may be (the rules the "
+        "recipe is checked against), and each table by its cross-field rules.",
+        epilog="Example: prx recipe show recipes/quickstart.toml --constraints",
     )
     show.add_argument("recipe", metavar="RECIPE", help="path to a recipe file, e.g. recipes/quickstart.toml")
     add_set_argument(show)
+    show.add_argument("--constraints", action="store_true",
+                      help="add each key's allowed values and each table's rules as TOML comments")
     show.set_defaults(func=_show)
 
     validate = actions.add_parser(
@@ -44,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    text = dump_recipe_toml(recipe)
+    text = annotated_toml(recipe) if args.constraints else dump_recipe_toml(recipe)
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.syntax import Syntax

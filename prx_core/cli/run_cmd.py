@@ -17,7 +17,8 @@ def register(subparsers) -> None:
             "continues exactly. Under torchrun (torchrun --nproc-per-node N -m prx_core run RECIPE) the same "
             "recipe trains on N processes."
         ),
-        epilog="Example: prx run recipes/quickstart.toml --set train.steps=200",
+        epilog="Example: prx run recipes/quickstart.toml --set train.steps=200   (plan a cluster run here: prx run "
+        "recipes/speedrun.toml --dry-run --gpus 32 --skip-local-checks)",
     )
     add_recipe_arguments(p)
     p.add_argument("--run-dir", type=Path, help="run folder (default: [train] runs_dir / recipe name)")
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--gpu", default="h200", choices=("h100", "h200", "a100"), help="with --dry-run: GPU type for the "
                    "cost estimate")
     p.add_argument("--price", type=float, default=2.0, help="with --dry-run: USD per GPU-hour")
+    p.add_argument("--skip-local-checks", action="store_true",
+                   help="with --dry-run: plan for another machine, leaving out the checks of this one (device, data "
+                   "paths, text encoder and metric weights), e.g. a cluster run planned on a laptop")
     p.add_argument("--plain", action="store_true", help="plain log lines instead of a progress bar")
     p.set_defaults(func=run)
 
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from prx_core.measure.dry_run import print_plan
 
-        print_plan(recipe, registry, gpus=args.gpus, gpu=args.gpu, price=args.price)
+        print_plan(recipe, registry, gpus=args.gpus, gpu=args.gpu, price=args.price,
+                   local_checks=not args.skip_local_checks)
         return 0
     from prx_core.train.loop import run_training
 

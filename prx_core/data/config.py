@@ -15,9 +15,21 @@ A recipe lists its sources as an array of tables::
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
+
+from prx_core.recipe.constraints import (
+    NON_EMPTY_ARRAY,
+    NON_EMPTY_STRING,
+    Rule,
+    at_least,
+    between,
+    config_problems,
+    describe_violation,
+    greater_than,
+    setting,
+)
 
 SOURCE_KINDS = ("folder", "parquet", "webdataset", "hf", "mds", "scenes")
 SCENE_SPLITS = ("train", "eval")
@@ -70,15 +82,30 @@ class SourceConfig:
     kind: Literal["folder", "parquet", "webdataset", "hf", "mds", "scenes"]
     path: str = ""
     name: str = ""
-    weight: float | None = None
+    weight: float | None = setting(None, greater_than(0))
     image_column: str = ""
     caption_column: str = ""
     id_column: str = ""
-    caption_key: str = "caption"
-    split: str = "train"
+    caption_key: str = setting("caption", NON_EMPTY_STRING)
+    split: str = setting("train", NON_EMPTY_STRING)
     subset: str = ""
     streaming: bool = False
     cache_dir: str = ""
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(("path", "kind"), 'path is set unless kind = "scenes"',
+             lambda s: None if s.kind == "scenes" or s.path else
+             f"kind = {s.kind!r} needs a path (directory, file, glob or URL)."),
+        Rule(("split", "kind"), f'split is one of {SCENE_SPLITS} when kind = "scenes"',
+             lambda s: f"a scenes source's split is one of {SCENE_SPLITS}."
+             if s.kind == "scenes" and s.split not in SCENE_SPLITS else None),
+        Rule(("streaming", "kind"), 'streaming = true only when kind = "hf"',
+             lambda s: 'only kind = "hf" sources stream (the others read by index).'
+             if s.streaming and s.kind != "hf" else None),
+        Rule(("kind",), 'kind = "hf" needs the datasets library installed',
+             lambda s: "needs the Hugging Face datasets library: pip install 'prx[hf]' (or pip install datasets)."
+             if s.kind == "hf" and not _has_module("datasets") else None),
+    )
 
     @property
     def infinite(self) -> bool:
@@ -123,77 +150,51 @@ class DataConfig:
       ``.prx-text-cache`` folder next to each source's data.
     """
 
-    resolution: int = 512
-    sources: list[SourceConfig] = attrs.Factory(_default_sources)
+    resolution: int = setting(512, at_least(1))
+    sources: list[SourceConfig] = setting(attrs.Factory(_default_sources), NON_EMPTY_ARRAY)
     buckets: bool = True
     bucket_sizes: Literal["prx", "nearest_area"] = "prx"
-    workers: int = 0
-    prefetch: int = 2
-    min_side: int | None = None
-    max_bad_share: float = 0.1
-    bad_window: int = 1000
-    shuffle_row_groups: int = 4
-    shuffle_window: int = 1000
+    workers: int = setting(0, at_least(0))
+    prefetch: int = setting(2, at_least(1))
+    min_side: int | None = setting(None, at_least(0))
+    max_bad_share: float = setting(0.1, between(0, 1, high_strict=True))
+    bad_window: int = setting(1000, at_least(1))
+    shuffle_row_groups: int = setting(4, at_least(1))
+    shuffle_window: int = setting(1000, at_least(1))
     text_cache: bool = False
     text_cache_dir: str = ""
 
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(("sources",), "source names are distinct", lambda d: _duplicate_names(d.sources)),
+        Rule(("sources",), "every source has a weight, or none does; every one when a source is scenes or a "
+             "streaming hf source", lambda d: _weights_problem(d.sources)),
+        Rule(("text_cache", "sources"), "text_cache = true only without scenes sources",
+             lambda d: "cannot serve a scenes source (its captions are generated on the fly): set text_cache = false, "
+             "or use only stored sources (folder, parquet, webdataset, hf, mds)."
+             if d.text_cache and any(s.kind == "scenes" for s in d.sources) else None),
+    )
+
     def problems(self) -> list[str]:
         """Values that cannot work, each naming the key and what to change (empty if none)."""
-        found = []
-        if self.resolution <= 0:
-            found.append(f"[data] resolution must be positive, got {self.resolution}.")
-        if not self.sources:
-            found.append('[data] sources is empty: list at least one source, e.g. sources = [{ kind = "scenes" }].')
-        if self.workers < 0:
-            found.append(f"[data] workers must be >= 0 (0 decodes in the training process), got {self.workers}.")
-        if self.prefetch < 1:
-            found.append(f"[data] prefetch must be >= 1, got {self.prefetch}.")
-        if self.min_side is not None and self.min_side < 0:
-            found.append(f"[data] min_side must be >= 0 or left unset, got {self.min_side}.")
-        if not 0.0 <= self.max_bad_share < 1.0:
-            found.append(f"[data] max_bad_share must be in [0, 1), got {self.max_bad_share}.")
-        if self.bad_window < 1:
-            found.append(f"[data] bad_window must be >= 1, got {self.bad_window}.")
-        if self.shuffle_row_groups < 1:
-            found.append(f"[data] shuffle_row_groups must be >= 1, got {self.shuffle_row_groups}.")
-        if self.shuffle_window < 1:
-            found.append(f"[data] shuffle_window must be >= 1, got {self.shuffle_window}.")
-        names = []
-        for i, source in enumerate(self.sources):
-            where = f"[data] sources[{i}]"
-            if source.kind not in SOURCE_KINDS:
-                found.append(f"{where}: kind must be one of {SOURCE_KINDS}, got {source.kind!r}.")
-            if source.kind != "scenes" and not source.path:
-                found.append(f"{where}: kind = {source.kind!r} needs a path (directory, file, glob or URL).")
-            if source.weight is not None and not source.weight > 0:
-                found.append(f"{where}: weight must be > 0, got {source.weight}.")
-            if source.kind == "scenes" and source.split not in SCENE_SPLITS:
-                found.append(f"{where}: a scenes source's split is one of {SCENE_SPLITS}, got {source.split!r}.")
-            if source.streaming and source.kind != "hf":
-                found.append(f"{where}: streaming = true is for kind = \"hf\" sources (the others read by index).")
-            if source.kind == "hf" and not _has_module("datasets"):
-                found.append(
-                    f"{where}: kind = \"hf\" needs the Hugging Face datasets library: pip install 'prx[hf]' "
-                    "(or pip install datasets)."
-                )
-            names.append(source_name(source))
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            found.append(f"[data] sources: names {duplicates} are used twice; give each source a distinct name = ....")
-        weighted = [s.weight is not None for s in self.sources]
-        if any(weighted) and not all(weighted):
-            found.append("[data] sources: give every source a weight, or none (natural proportions = sizes).")
-        if any(s.infinite for s in self.sources) and len(self.sources) > 1 and not all(weighted):
-            found.append(
-                "[data] sources: a scenes source is infinite and a streaming hf source has no known size, so a "
-                "mixture with one has no natural proportions: give every source a weight."
-            )
-        if self.text_cache and any(s.kind == "scenes" for s in self.sources):
-            found.append(
-                "[data] text_cache = true cannot serve a scenes source (its captions are generated on "
-                "the fly): set text_cache = false, or use only stored sources (folder, parquet, webdataset, hf, mds)."
-            )
-        return found
+        return [describe_violation(v) for v in config_problems(self, ("data",))]
+
+
+def _duplicate_names(sources: list[SourceConfig]) -> str | None:
+    names = [source_name(source) for source in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    return f"names {duplicates} are used twice; give each source a distinct name = ...." if duplicates else None
+
+
+def _weights_problem(sources: list[SourceConfig]) -> str | None:
+    weighted = [s.weight is not None for s in sources]
+    if all(weighted):
+        return None
+    if any(s.infinite for s in sources) and len(sources) > 1:
+        return ("a scenes source is infinite and a streaming hf source has no known size, so a mixture with one has "
+                "no natural proportions: give every source a weight.")
+    if any(weighted):
+        return "give every source a weight, or none (natural proportions = sizes)."
+    return None
 
 
 def _has_module(name: str) -> bool:

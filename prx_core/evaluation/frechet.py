@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from prx_core.errors import UserError, WeightsNotFoundError
-from prx_core.weights import hub_offline
+from prx_core.weights import hub_model_problem, hub_offline
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 """Images (batch, 3, H, W) in [-1, 1] -> features (batch, dim)."""
@@ -163,17 +163,46 @@ def _pixels() -> FeatureNetwork:
     return FeatureNetwork("fd_pixels", features, "frechet")
 
 
+def _inception_weights(location: str) -> Path:
+    return Path(location) if location else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def _inception_problem(location: str) -> str | None:
+    path = _inception_weights(location)
+    if path.is_file():
+        return None
+    return (f"FID needs the Inception-v3 ImageNet weights, not found at {path}. On a machine with network access "
+            f"run `python -c \"import torchvision; torchvision.models.inception_v3(weights='DEFAULT')\"`, copy "
+            f"{INCEPTION_FILE} from its torch hub cache to this machine, and name it as 'inception:PATH' "
+            f"(or drop 'inception' from the metric list: fd_efficientnet runs offline).")
+
+
+def _clip_missing(name: str, reason: str) -> str:
+    return (f"CMMD needs the CLIP vision model '{name}', which could not be loaded ({reason}). Download it once with "
+            f"`huggingface-cli download {name}` on a machine with network access, or name a local directory as "
+            f"'clip:DIR' (or drop 'clip' from the metric list: fd_efficientnet runs offline).")
+
+
+def feature_network_problem(spec: str) -> str | None:
+    """Why the metric network ``spec`` cannot be loaded on this machine, or None; checked without
+    loading it, so that a run refuses a missing network before training instead of after."""
+    kind, _, location = spec.partition(":")
+    if kind == "inception":
+        return _inception_problem(location)
+    if kind == "clip":
+        problem = hub_model_problem(location or CLIP_DEFAULT)
+        name = location or CLIP_DEFAULT
+        return _clip_missing(name, f"'{name}' {problem}") if problem else None
+    return None
+
+
 def _inception(location: str, device: torch.device) -> FeatureNetwork:
     from torchvision.models import inception_v3
 
-    path = Path(location) if location else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"FID needs the Inception-v3 ImageNet weights, not found at {path}. On a machine with network access "
-            f"run `python -c \"import torchvision; torchvision.models.inception_v3(weights='DEFAULT')\"`, copy "
-            f"{INCEPTION_FILE} from its torch hub cache to this machine, and name it as 'inception:PATH' "
-            f"(or drop 'inception' from the metric list: fd_efficientnet runs offline)."
-        )
+    problem = _inception_problem(location)
+    if problem:
+        raise WeightsNotFoundError(problem)
+    path = _inception_weights(location)
     model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model.fc = torch.nn.Identity()
@@ -194,11 +223,7 @@ def _clip(location: str, device: torch.device) -> FeatureNetwork:
         processor = CLIPImageProcessor.from_pretrained(name, local_files_only=local_only)
         model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=local_only)
     except (OSError, ValueError) as err:
-        raise WeightsNotFoundError(
-            f"CMMD needs the CLIP vision model '{name}', which could not be loaded ({str(err).splitlines()[0]}). "
-            f"Download it once with `huggingface-cli download {name}` on a machine with network access, or name a "
-            f"local directory as 'clip:DIR' (or drop 'clip' from the metric list: fd_efficientnet runs offline)."
-        ) from None
+        raise WeightsNotFoundError(_clip_missing(name, str(err).splitlines()[0])) from None
     model = model.eval().requires_grad_(False).to(device)
     size = processor.crop_size or processor.size
     side = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2

@@ -149,4 +149,6 @@ def describe_type(tp: Any) -> str:
 
 def _plural(tp: Any) -> str:
     words = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+    if attrs.has(tp):
+        return "tables"
     return words.get(tp, f"values ({describe_type(tp)})")

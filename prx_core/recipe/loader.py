@@ -35,7 +35,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from prx_core import registry as plugin_registry
 from prx_core.errors import RecipeError
-from prx_core.model.config import PRESETS
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.errors_format import (
     attach_provenance,
     describe_type,
@@ -325,20 +325,11 @@ def _build(data: dict, sources: Sources, registry: plugin_registry.Registry, pat
         else:
             problems.append(_unknown_top_level(key, value, sources, registry, path))
 
-    preset = _lookup(data, ("model", "preset"))
-    if isinstance(preset, str) and preset not in PRESETS:
-        problems.append(
-            f"{_where(sources, ('model', 'preset'), path)}: [model] preset = {toml_value(preset)} is not a model "
-            f"size.{did_you_mean(preset, PRESETS)} Presets: {names_list(PRESETS)}."
-        )
-
     recipe: Recipe | None = None
     try:
         recipe = _CONVERTER.structure(core, Recipe)
     except (ClassValidationError, ValueError, TypeError) as err:
         problems += _structure_problems(err, (), Recipe, data, sources, path)
-    if recipe is not None:  # [data] values that cannot work (a missing optional extra among them)
-        problems += [f"{_where(sources, ('data',), path)}: {problem}" for problem in recipe.data.problems()]
 
     techniques: dict[str, Any] = {}
     for name in sorted(tables):
@@ -368,10 +359,16 @@ def _build(data: dict, sources: Sources, registry: plugin_registry.Registry, pat
                     f"{location}: plugins selects {name}, whose settings have no defaults; add a [{name}] table "
                     f"({err})."
                 )
+    if recipe is not None:
+        recipe.techniques = techniques
+        # What each value may be, declared next to its field (prx_core.recipe.constraints).
+        violations = config_problems(recipe)
+        for name, config in sorted(techniques.items()):
+            violations += config_problems(config, (name,)) if config is not None else []
+        problems += [f"{_where(sources, v.key, path)}: {describe_violation(v)}" for v in violations]
     if problems:
         raise RecipeError("\n\n".join(problems))
     assert recipe is not None
-    recipe.techniques = techniques
     return recipe
 
 

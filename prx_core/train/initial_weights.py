@@ -12,6 +12,7 @@ from torch import nn
 from prx_core.diffusers_format.checkpoint import DiffusersCheckpoint, is_diffusers_spec, locate
 from prx_core.diffusers_format.mapping import shape_differences
 from prx_core.errors import CheckpointError, RecipeError
+from prx_core.recipe.errors_format import where
 from prx_core.recipe.schema import Recipe
 
 
@@ -22,14 +23,18 @@ def check_initial_weights(recipe: Recipe, text_dim: int | None, download: bool =
     spec = recipe.model.init
     if not is_diffusers_spec(spec):
         return None
-    checkpoint = locate(spec, download=download)
+    source = where(recipe, "model.init")
+    try:
+        checkpoint = locate(spec, download=download)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     if checkpoint is None:
         return None
     expected = recipe.model.resolve(text_dim or checkpoint.config.text_dim)
     differences = shape_differences(checkpoint.config, expected, text_dim_known=text_dim is not None)
     if differences:
         raise RecipeError(
-            f'[model] init = "{spec}" does not fit the recipe\'s [model] (preset {recipe.model.preset}): '
+            f'{source}: [model] init = "{spec}" does not fit the recipe\'s [model] (preset {recipe.model.preset}): '
             + "; ".join(differences)
             + ". Set [model] preset (or hidden, depth, heads, mlp_ratio, patch, bottleneck) and the text encoder to "
             "the checkpoint's values."

@@ -12,12 +12,13 @@ from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
 from prx_core.console import RunConsole
 from prx_core.data.schedule import phase_at
-from prx_core.errors import UserError
+from prx_core.errors import UserError, WeightsNotFoundError
 from prx_core.evaluation.prompt_following import evaluate
 from prx_core.evaluation.prompts import eval_scenes
 from prx_core.generate import generate, save_grid
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.plan import accumulation_steps, model_config, plan_phases
+from prx_core.recipe.errors_format import where
 from prx_core.recipe.loader import dump_recipe_toml, recipe_to_dict
 from prx_core.recipe.schema import Recipe
 from prx_core.registry import Registry
@@ -27,6 +28,7 @@ from prx_core.text import check_text_width, load_text_encoder
 from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.periodic_eval import curve_line, eval_due, evaluate_during_training, evaluation_curve
 from prx_core.train.phase_data import PhaseData
+from prx_core.train.preflight import check_local
 from prx_core.train.sinks import Sinks, run_facts, run_name
 from prx_core.train.state import load_checkpoint, save_checkpoint
 from prx_core.train.trainer import Trainer
@@ -68,32 +70,39 @@ def sampling_model(trainer: Trainer) -> PRXDenoiser:
 
 def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool = False,
                  interactive: bool | None = None) -> Path:
-    """Train ``recipe`` into ``run_dir``; returns the run folder."""
+    """Train ``recipe`` into ``run_dir``; returns the run folder.
+
+    Everything that can refuse the recipe runs before the run folder is created: this machine's
+    checks (device, text encoder, data, metric networks), the techniques' checks, the plan, and the
+    set-up of the text encoder, the model and the teachers. Lines logged meanwhile go into
+    ``log.txt`` once it exists."""
+    check_local(recipe)
     info = D.init_distributed(recipe.distributed, recipe.train.device)
     folder = RunFolder(run_dir)
     if not resume and CheckpointManager(folder.checkpoints).latest() is not None:
         raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
                         f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
-    # Everything that can refuse the recipe runs before the run folder exists: the plugins' checks
-    # first (the cheapest), then the text encoder and the initial weights.
     console = RunConsole(0, enabled=info.is_main, interactive=interactive)
     context = RunContext(recipe, recipe.seed, info.rank, info.world_size, info.device, console.log)
     config = model_config(recipe)
     techniques = TechniqueSet(recipe, registry, context, config)
-    text_encoder = load_text_encoder(recipe.text, info.device)
-    check_text_width(recipe.text, config.text_dim, text_encoder)
-    resuming = resume and CheckpointManager(folder.checkpoints).latest() is not None
-    if not resuming:  # a resumed run takes its weights from its checkpoint, not from [model] init
-        check_initial_weights(recipe, text_encoder.dim)
-    if info.is_main:
-        folder.create()
-        console.log_file = open(folder.root / "log.txt", "a")
     phases = plan_phases(recipe, techniques)
     micro = {p.name: accumulation_steps(recipe, p, info.world_size) for p in phases}
     total_steps = sum(p.steps for p in phases)
     console.total = total_steps
 
+    try:
+        text_encoder = load_text_encoder(recipe.text, info.device)
+    except WeightsNotFoundError as err:
+        raise WeightsNotFoundError(f"{where(recipe, 'text.encoder')}: [text] encoder: {err}") from None
+    check_text_width(recipe.text, config.text_dim, text_encoder, where(recipe, "text"))
+    resuming = resume and CheckpointManager(folder.checkpoints).latest() is not None
+    if not resuming:  # a resumed run takes its weights from its checkpoint, not from [model] init
+        check_initial_weights(recipe, text_encoder.dim)
     trainer = Trainer(recipe, techniques, text_encoder, info, initial_weights=not resuming)
+    if info.is_main:
+        folder.create()
+        console.attach_log(open(folder.root / "log.txt", "a"))
     checkpoints = CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints)
     loader_state = None
     if resume and checkpoints.latest() is not None:

@@ -65,7 +65,11 @@ def test_an_unknown_recipe_key_exits_2_naming_it(tmp_path, capsys):
 @pytest.mark.skipif(not SPEEDRUN.is_file(), reason="recipes/speedrun.toml is not written yet")
 def test_speedrun_dry_run_plans_the_prx_run_without_training(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written: check the working directory stays empty
-    assert main(["run", str(SPEEDRUN), "--dry-run", "--gpus", "32"]) == 0
+    # Planned here, the speedrun cannot run here: its data (and text encoder) are not on this machine.
+    assert main(["run", str(SPEEDRUN), "--dry-run", "--gpus", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "[data] sources[0]: No Parquet files (.parquet) found at /data/flux-generated/*.parquet" in err
+    assert main(["run", str(SPEEDRUN), "--dry-run", "--gpus", "32", "--skip-local-checks"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "1,177,215,744 parameters" in out
     assert "100,000" in out and "20,000" in out  # the two phases

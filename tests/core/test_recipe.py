@@ -256,8 +256,8 @@ def test_unknown_plugin_lists_installed(run_cli):
 
 def test_unknown_preset_lists_presets(run_cli):
     err = _error(run_cli, "recipe", "show", RECIPES / "bad_preset.toml")
-    assert "bad_preset.toml: [model] preset = \"prx-tset\" is not a model size. Did you mean 'prx-test'?" in err
-    assert "prx-1.2b" in err
+    assert "bad_preset.toml: [model] preset = \"prx-tset\": expected one of \"prx-1.2b\"" in err
+    assert "Did you mean 'prx-test'?" in err
 
 
 def test_settings_for_technique_without_config(run_cli, tmp_path):

@@ -233,5 +233,5 @@ def test_recipe_with_hf_but_no_datasets_fails_at_validation(tmp_path, monkeypatc
     recipe.write_text('[data]\nsources = [{ kind = "hf", path = "user/name" }]\n')
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
-    with pytest.raises(RecipeError, match=r"r\.toml.*kind = \"hf\" needs the Hugging Face datasets library: pip install 'prx\[hf\]'"):
+    with pytest.raises(RecipeError, match=r"r\.toml: \[data\] sources\[0\]\.kind = \"hf\": needs the Hugging Face datasets library: pip install 'prx\[hf\]'"):
         load_recipe(str(recipe), [])

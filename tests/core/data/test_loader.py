@@ -205,7 +205,7 @@ def test_missing_path_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="No Parquet files"):
         build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
     data = data_config(SourceConfig(kind="parquet", path=str(tmp_path)), SourceConfig(kind="folder", path=""))
-    with pytest.raises(RecipeError, match=r"sources\[1\]: kind = 'folder' needs a path"):
+    with pytest.raises(RecipeError, match=r"sources\[1\]\.path = \"\": kind = 'folder' needs a path"):
         build_loader(data, resolution=32, batch_size=4, patch=16, seed=0)
 
 

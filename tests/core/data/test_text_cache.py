@@ -158,5 +158,5 @@ def test_left_padding_encoders_are_refused(tmp_path):
 
 
 def test_scenes_cannot_use_a_text_cache():
-    with pytest.raises(RecipeError, match="text_cache = true cannot serve a scenes source"):
+    with pytest.raises(RecipeError, match="text_cache = true: cannot serve a scenes source"):
         build_loader(DataConfig(resolution=32, text_cache=True), resolution=32, batch_size=4, patch=16, seed=0)
