@@ -58,14 +58,6 @@ def noise_gate(t: torch.Tensor, gate_t_clean: float) -> torch.Tensor:
     return ((1 - t.float()) >= gate_t_clean).float()
 
 
-def noise_gate_problems(gate_t_clean: float) -> list[str]:
-    """What is wrong with a ``gate_t_clean`` setting (empty when it lies in [0, 1]), worded for a
-    technique's ``prx_check_recipe``."""
-    if 0 <= gate_t_clean <= 1:
-        return []
-    return [f"gate_t_clean = {gate_t_clean} must lie in [0, 1] (0: every noise level; PixelGen uses 0.3)."]
-
-
 def gated_mean(values: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``mean(values * gate)`` over the batch: gated-out samples count as zero, so a sample's
     weight in the loss does not depend on how many others the gate drops (and no host read or

@@ -550,3 +550,15 @@ def test_the_tracker_hook_is_called_once_on_rank_0_after_set_up_and_its_sink_get
         events = traced_events((run_dir / "log.txt").read_text())
         assert ("hook", "prx_metrics_sink", "probe_tracker") in [e[1:] for e in events]
         assert hook_order_problems(events) == []
+
+
+def test_the_guides_constraint_message_is_the_real_one(monkeypatch):
+    from prx_core.recipe.constraints import config_problems, describe_violation
+
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    from prx_minsnr.config import MinSnrConfig
+
+    quoted = re.search(r"refuses a value outside them with the file and key\n\(`(.*?)`\)", GUIDE)
+    assert quoted, "docs/plugins.md lost its example of a refused value"
+    (problem,) = config_problems(MinSnrConfig(gamma=0.0), ("minsnr",))
+    assert describe_violation(problem) == quoted[1]

@@ -173,7 +173,7 @@ def test_cli_lists_broken_plugins_and_runs_a_recipe_with_the_example(wheel_site,
     report = json.loads(listed.stdout)
     [minsnr] = [t for t in report["techniques"] if t["name"] == "minsnr"]
     assert (minsnr["entry_point"], minsnr["version"], minsnr["hooks"]) == (
-        "minsnr", "0.1.0", ["prx_check_recipe", "prx_auxiliary_losses"])
+        "minsnr", "0.1.0", ["prx_auxiliary_losses"])
     assert {b["entry_point"] for b in report["broken"]} == set(BROKEN_ERRORS)
 
     only = prx("plugins", "--json", site=site, cwd=tmp_path, PRX_PLUGINS="minsnr,cfg")

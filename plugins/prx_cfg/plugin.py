@@ -2,7 +2,6 @@
 method in ``guidance.py``)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from prx_core.hookspecs import hookimpl
@@ -17,19 +16,6 @@ class CFG:
 
     def __init__(self, config: CFGConfig, context: RunContext):
         self.config = config
-
-    @hookimpl
-    def prx_check_recipe(self) -> list[str]:
-        problems = []
-        if not (math.isfinite(self.config.scale) and self.config.scale >= 0):
-            problems.append(f"scale = {self.config.scale} must be a finite number >= 0 (1 means no guidance).")
-        lo, hi = self.config.interval
-        if not 0 <= lo <= hi <= 1:
-            problems.append(
-                f"interval = [{lo}, {hi}] must satisfy 0 <= t_lo <= t_hi <= 1 (noise levels, 1 = noise); "
-                "use [0.0, 1.0] to guide at every step."
-            )
-        return problems
 
     @hookimpl
     def prx_guidance(

@@ -5,6 +5,8 @@ from typing import Literal
 
 import attrs
 
+from prx_core.recipe.constraints import NON_EMPTY_STRING, at_least, between, setting
+
 
 @attrs.frozen(kw_only=True)
 class DinoPerceptualConfig:
@@ -15,9 +17,9 @@ class DinoPerceptualConfig:
     and clipped there, so the prediction's out-of-range values reach the teacher as black or white
     (and pass no gradient). ``gate_t_clean`` as for LPIPS."""
 
-    teacher: str = "hf:facebook/dinov2-with-registers-base"
-    weight: float = 0.01
-    size: int = 224
-    gate_t_clean: float = 0.0
+    teacher: str = setting("hf:facebook/dinov2-with-registers-base", NON_EMPTY_STRING)
+    weight: float = setting(0.01, at_least(0))
+    size: int = setting(224, at_least(1))
+    gate_t_clean: float = setting(0.0, between(0, 1))
     resize: Literal["bilinear", "bilinear-antialias", "nearest"] = "bilinear"
     clamp: bool = True

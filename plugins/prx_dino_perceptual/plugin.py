@@ -2,11 +2,8 @@
 ``config.py``, the loss in ``loss.py``, the per-step loss in ``term.py``)."""
 from __future__ import annotations
 
-import math
-
 from prx_core.hookspecs import hookimpl
 from prx_core.model.config import DenoiserConfig
-from prx_core.objective import noise_gate_problems
 from prx_core.teachers import ConvTeacher, load_teacher, teacher_loss_flops, teacher_spec_problems
 from prx_core.types import CostTerm, Phase, RunContext, Technique
 from prx_dino_perceptual.config import DinoPerceptualConfig
@@ -24,14 +21,7 @@ class DinoPerceptual:
 
     @hookimpl
     def prx_check_recipe(self) -> list[str]:
-        c = self.config
-        problems = teacher_spec_problems(c.teacher)
-        if not (math.isfinite(c.weight) and c.weight >= 0):
-            problems.append(f"weight = {c.weight} must be a finite number >= 0.")
-        problems += noise_gate_problems(c.gate_t_clean)
-        if c.size < 1:
-            problems.append(f"size = {c.size} must be a positive side in px (224 in the PRX recipe).")
-        return problems
+        return teacher_spec_problems(self.config.teacher)
 
     @hookimpl
     def prx_configure_model(self) -> dict:

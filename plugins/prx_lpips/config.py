@@ -5,6 +5,8 @@ from typing import Literal
 
 import attrs
 
+from prx_core.recipe.constraints import NON_EMPTY_STRING, at_least, between, setting
+
 
 @attrs.frozen(kw_only=True)
 class LpipsConfig:
@@ -18,9 +20,9 @@ class LpipsConfig:
     0.5, mode="bilinear")``); ``"bilinear-antialias"`` low-pass filters first.
     """
 
-    teacher: str = "lpips:vgg"
-    weight: float = 0.1
-    scale: float = 0.5
-    min_side: int = 32
-    gate_t_clean: float = 0.0
+    teacher: str = setting("lpips:vgg", NON_EMPTY_STRING)
+    weight: float = setting(0.1, at_least(0))
+    scale: float = setting(0.5, between(0, 1, low_strict=True))
+    min_side: int = setting(32, at_least(1))
+    gate_t_clean: float = setting(0.0, between(0, 1))
     resize: Literal["bilinear", "bilinear-antialias", "nearest"] = "bilinear"

@@ -2,11 +2,8 @@
 in ``distance.py``, the per-step loss in ``term.py``)."""
 from __future__ import annotations
 
-import math
-
 from prx_core.hookspecs import hookimpl
 from prx_core.model.config import DenoiserConfig
-from prx_core.objective import noise_gate_problems
 from prx_core.teachers import load_teacher, parse_teacher_spec, teacher_loss_flops, teacher_spec_problems
 from prx_core.types import CostTerm, Phase, RunContext, Technique
 from prx_lpips.config import LpipsConfig
@@ -28,16 +25,9 @@ class Lpips:
         c = self.config
         unreadable = teacher_spec_problems(c.teacher)
         problems = list(unreadable)
-        if not (math.isfinite(c.weight) and c.weight >= 0):
-            problems.append(f"weight = {c.weight} must be a finite number >= 0.")
-        problems += noise_gate_problems(c.gate_t_clean)
         if not unreadable and parse_teacher_spec(c.teacher).kind == "hf":
             problems.append(f"teacher = '{c.teacher}' is a ViT; LPIPS needs a CNN's feature stages: use "
                             "'lpips:vgg', or 'efficientnet-lite0' for an offline, uncalibrated stand-in.")
-        if not 0 < c.scale <= 1:
-            problems.append(f"scale = {c.scale} must lie in (0, 1] (0.5 in the PRX recipe).")
-        if c.min_side < 1:
-            problems.append(f"min_side = {c.min_side} must be at least 1 px.")
         return problems
 
     @hookimpl

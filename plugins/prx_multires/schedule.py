@@ -18,21 +18,15 @@ def schedule_phases(config: MultiresConfig) -> list[Phase]:
 
 def schedule_problems(config: MultiresConfig, patch: int, active: tuple[str, ...],
                       configured: tuple[str, ...] = ()) -> list[str]:
-    """What is wrong with a schedule (empty when nothing), each naming the key to change.
+    """What is wrong with a schedule for this model and selection (empty when nothing), each
+    naming the key to change; the values themselves are the fields' constraints.
 
     A phase may disable an active technique or one the recipe configures without selecting
     (an ablation that drops REPA keeps the 1024 px phase's ``disabled = ["repa"]``); any other
     name is a typo."""
-    if not config.phases:
-        return ["[multires] phases is empty: list at least one { name, resolution, batch_size, steps } table."]
     found = []
-    names = [p.name for p in config.phases]
     for i, phase in enumerate(config.phases):
         where = f"[multires] phases[{i}] ({phase.name!r})"
-        if phase.steps < 1:
-            found.append(f"{where}: steps must be >= 1, got {phase.steps}.")
-        if phase.batch_size < 1:
-            found.append(f"{where}: batch_size must be >= 1, got {phase.batch_size}.")
         if phase.resolution < patch or phase.resolution % patch:
             found.append(f"{where}: resolution {phase.resolution} must be a positive multiple of the patch size {patch}.")
         for name in phase.disabled:
@@ -43,6 +37,4 @@ def schedule_problems(config: MultiresConfig, patch: int, active: tuple[str, ...
                 )
             elif name == "multires":
                 found.append(f"{where}: the schedule cannot disable itself.")
-    if len(set(names)) != len(names):
-        found.append(f"[multires] phases: names must be distinct, got {names}.")
     return found

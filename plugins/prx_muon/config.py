@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-from attrs import validators as v
 
+from prx_core.recipe.constraints import at_least, between, setting
 from prx_muon.newton_schulz import QUINTIC
 
 
@@ -21,11 +21,11 @@ class MuonConfig:
     ``torch.optim.Muon`` (one process or DDP only).
     """
 
-    lr: float = attrs.field(default=1e-4, validator=v.ge(0.0))
-    momentum: float = attrs.field(default=0.95, validator=[v.ge(0.0), v.lt(1.0)])
+    lr: float = setting(1e-4, at_least(0))
+    momentum: float = setting(0.95, between(0, 1, high_strict=True))
     nesterov: bool = True
-    ns_steps: int = attrs.field(default=5, validator=v.ge(1))
+    ns_steps: int = setting(5, at_least(1))
     ns_coefficients: tuple[float, float, float] = QUINTIC
     adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
-    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    weight_decay: float = setting(0.0, at_least(0))
     implementation: Literal["auto", "torch", "prx"] = "auto"

@@ -5,6 +5,8 @@ from typing import Literal
 
 import attrs
 
+from prx_core.recipe.constraints import NON_EMPTY_STRING, at_least, greater_than, setting
+
 
 @attrs.frozen(kw_only=True)
 class RepaConfig:
@@ -22,9 +24,9 @@ class RepaConfig:
     ``"bilinear"``.
     """
 
-    teacher: str = "hf:facebook/dinov3-vitl16-pretrain-lvd1689m"
-    block: int = 7
-    projector_dim: int = 1024
-    weight: float = 0.5
-    input_scale: float | None = None
+    teacher: str = setting("hf:facebook/dinov3-vitl16-pretrain-lvd1689m", NON_EMPTY_STRING)
+    block: int = setting(7, at_least(0))
+    projector_dim: int = setting(1024, at_least(1))
+    weight: float = setting(0.5, at_least(0))
+    input_scale: float | None = setting(None, greater_than(0))
     resize: Literal["nearest", "bilinear", "bilinear-antialias"] = "nearest"

@@ -1,8 +1,6 @@
 """The "repa" technique: align a denoiser block's hidden states with a frozen teacher's tokens."""
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from prx_core.hookspecs import hookimpl
@@ -45,12 +43,6 @@ class Repa:
             problems.append(f"block = {c.block} is not a block of the {depth}-block model; use 0..{depth - 1} "
                             "(7, the 8th block, in the PRX recipe).")
         problems += teacher_spec_problems(c.teacher)
-        if c.projector_dim < 1:
-            problems.append(f"projector_dim = {c.projector_dim} must be a positive width (1024 in the PRX recipe).")
-        if not (math.isfinite(c.weight) and c.weight >= 0):
-            problems.append(f"weight = {c.weight} must be a finite number >= 0 (0.5 in the PRX recipe).")
-        if c.input_scale is not None and not (math.isfinite(c.input_scale) and c.input_scale > 0):
-            problems.append(f"input_scale = {c.input_scale} must be > 0; leave it out to match the token grid.")
         return problems
 
     @hookimpl

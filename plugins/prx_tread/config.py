@@ -1,12 +1,12 @@
 """The ``[tread]`` recipe table and its validation against the model's depth."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import attrs
 
 from prx_core.errors import RecipeError
+from prx_core.recipe.constraints import Check, at_least, between, setting
 
 
 @attrs.frozen(kw_only=True)
@@ -18,9 +18,9 @@ class RouteSpec:
     penultimate block (14 of 16, the blog's reading; the public PRX config uses 12).
     """
 
-    start: int = 2
+    start: int = setting(2, at_least(0))
     end: int = -2
-    keep: float = 0.5
+    keep: float = setting(0.5, between(0, 1, low_strict=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -28,7 +28,9 @@ class TreadConfig:
     """``routes``: one or more non-overlapping routes (the TREAD paper allows several), e.g.
     ``routes = [{start = 2, end = 12, keep = 0.5}]``. The default is docs/recipe.md §3's single route."""
 
-    routes: tuple[RouteSpec, ...] = (RouteSpec(),)
+    routes: tuple[RouteSpec, ...] = setting(
+        (RouteSpec(),),
+        Check(lambda routes: len(routes) > 0, 'a non-empty array of routes (to train dense, remove "tread" from plugins)'))
 
 
 class RouteSpan(NamedTuple):
@@ -40,25 +42,16 @@ class RouteSpan(NamedTuple):
 
 
 def resolve_routes(config: TreadConfig, depth: int) -> tuple[RouteSpan, ...]:
-    """Resolve negative ends against ``depth`` and check the routes; return them in block order.
+    """Resolve negative ends against ``depth`` and check the routes against it; return them in
+    block order. The values themselves (a share in (0, 1], at least one route) are the fields'
+    constraints, checked when the recipe loads.
 
     Raises :class:`RecipeError` naming the key inside the ``[tread]`` table (the core prefixes
-    the recipe file and the table) when a route is empty, leaves the model, overlaps another,
-    or keeps a share outside (0, 1].
+    the recipe file and the table) when a route leaves the model or overlaps another.
     """
-    if not config.routes:
-        raise RecipeError(
-            "routes is empty: give at least one route, e.g. routes = [{start = 2, end = -2, keep = 0.5}], "
-            "or remove \"tread\" from plugins to train dense."
-        )
     spans = []
     for i, spec in enumerate(config.routes):
         key = f"routes[{i}]"
-        if not (math.isfinite(spec.keep) and 0 < spec.keep <= 1):
-            raise RecipeError(
-                f"{key}: keep = {spec.keep} must lie in (0, 1]; it is the share of image tokens the routed "
-                "blocks see (0.5 in the PRX recipe)."
-            )
         end = spec.end + depth if spec.end < 0 else spec.end
         if not 0 <= spec.start <= end < depth:
             resolved = f" (end {spec.end} is block {end})" if spec.end < 0 else ""

@@ -2,7 +2,6 @@
 ``config.py``, the method in ``guidance.py``)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from prx_core.errors import PluginError
@@ -18,12 +17,6 @@ class TreadGuidance:
 
     def __init__(self, config: TreadGuidanceConfig, context: RunContext):
         self.config = config
-
-    @hookimpl
-    def prx_check_recipe(self) -> list[str]:
-        if math.isfinite(self.config.scale) and self.config.scale >= 0:
-            return []
-        return [f"scale = {self.config.scale} must be a finite number >= 0 (3.5 in the PRX recipe)."]
 
     @hookimpl
     def prx_guidance(self, sample_config: Any, model_config: DenoiserConfig, router: Router | None) -> SparseGuidance:

@@ -10,6 +10,7 @@ from sampling_probe import SMALL, Recorder, inputs
 
 from prx_cfg import CFGConfig, ClassifierFreeGuidance, classifier_free, in_interval
 from prx_cfg.plugin import CFG, prx_register_techniques
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.registry import discover
 from prx_core.types import Conditioning, RunContext
@@ -48,11 +49,14 @@ def test_cfg_guides_only_inside_its_interval():
 def test_cfg_hook_and_value_checks():
     plugin = CFG(CFGConfig(scale=2.5, interval=(0.1, 0.9)), RunContext(recipe=Recipe()))
     assert plugin.prx_guidance(SampleConfig(), SMALL, None) == ClassifierFreeGuidance(2.5, (0.1, 0.9))
-    assert plugin.prx_check_recipe() == []
+    assert config_problems(plugin.config) == []
     assert CFGConfig() == CFGConfig(scale=4.0, interval=(0.0, 1.0))
-    bad = CFG(CFGConfig(scale=float("inf"), interval=(0.9, 0.1)), RunContext(recipe=Recipe()))
-    problems = bad.prx_check_recipe()
-    assert len(problems) == 2 and problems[0].startswith("scale = inf") and problems[1].startswith("interval")
+    problems = [describe_violation(v) for v in config_problems(CFGConfig(scale=float("inf"), interval=(0.9, 0.1)),
+                                                                ("cfg",))]
+    assert problems[0] == "[cfg] scale = inf: expected a finite number."
+    assert problems[1].startswith("[cfg] interval = [0.9, 0.1]: t_lo must not exceed t_hi")
+    assert [describe_violation(v) for v in config_problems(CFGConfig(interval=(0.0, 1.5)), ("cfg",))] == [
+        "[cfg] interval[1] = 1.5: expected a number in [0, 1]."]
 
 
 def test_the_technique_holds_the_guidance_role():

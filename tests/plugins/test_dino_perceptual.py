@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from prx_core.model.config import DenoiserConfig
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.schema import Recipe
 from prx_core.teachers import load_teacher, teacher_forward_flops
 from prx_core.types import Phase, RunContext, StepTensors
@@ -96,8 +97,13 @@ def test_registration_declares_the_loss_term_with_the_recipe_defaults():
 
 def test_check_recipe_rejects_bad_values():
     assert DinoPerceptual(DinoPerceptualConfig(), context([])).prx_check_recipe() == []
-    problems = DinoPerceptual(DinoPerceptualConfig(size=0, weight=-1.0, gate_t_clean=2.0), context([])).prx_check_recipe()
-    assert [p.split(" ")[0] for p in problems] == ["weight", "gate_t_clean", "size"]
+    (unreadable,) = DinoPerceptual(DinoPerceptualConfig(teacher="vgg"), context([])).prx_check_recipe()
+    assert unreadable.startswith("teacher: Teacher 'vgg' cannot be read")
+    bad = DinoPerceptualConfig(size=0, weight=-1.0, gate_t_clean=2.0)
+    assert [describe_violation(v) for v in config_problems(bad, ("dino_perceptual",))] == [
+        "[dino_perceptual] weight = -1.0: expected a number >= 0.",
+        "[dino_perceptual] size = 0: expected an integer >= 1.",
+        "[dino_perceptual] gate_t_clean = 2.0: expected a number in [0, 1]."]
 
 
 def test_a_cnn_stand_in_is_logged_as_such_and_its_term_runs():

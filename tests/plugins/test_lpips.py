@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.schema import Recipe
 from prx_core.teachers import QUICKSTART_FEATURE_NETWORK, load_teacher, teacher_forward_flops
 from prx_core.types import Phase, RunContext, StepTensors
@@ -115,9 +116,12 @@ def test_registration_declares_the_loss_term_with_the_recipe_defaults():
 
 def test_check_recipe_rejects_a_vit_and_bad_values():
     assert Lpips(LpipsConfig(), context([])).prx_check_recipe() == []
-    problems = Lpips(LpipsConfig(teacher="hf:facebook/dinov2-base", scale=0.0, gate_t_clean=1.5),
-                     context([])).prx_check_recipe()
-    assert len(problems) == 3 and "gate_t_clean" in problems[0] and "is a ViT" in problems[1] and "scale" in problems[2]
+    problems = Lpips(LpipsConfig(teacher="hf:facebook/dinov2-base"), context([])).prx_check_recipe()
+    assert len(problems) == 1 and "is a ViT" in problems[0]
+    bad = LpipsConfig(scale=0.0, gate_t_clean=1.5, min_side=0, weight=-1.0)
+    assert [describe_violation(v) for v in config_problems(bad, ("lpips",))] == [
+        "[lpips] weight = -1.0: expected a number >= 0.", "[lpips] scale = 0.0: expected a number in (0, 1].",
+        "[lpips] min_side = 0: expected an integer >= 1.", "[lpips] gate_t_clean = 1.5: expected a number in [0, 1]."]
     (unreadable,) = Lpips(LpipsConfig(teacher="vgg"), context([])).prx_check_recipe()
     assert unreadable.startswith("teacher: Teacher 'vgg' cannot be read")
 

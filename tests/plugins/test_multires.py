@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 
 from prx_core.plan import model_config
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.loader import load_recipe
 from prx_core.registry import discover
 from prx_core.techniques import TechniqueSet
@@ -37,10 +38,23 @@ def test_schedule_problems_name_the_key():
     assert len(problems) == 1 and "phases[1]" in problems[0] and "'repa'" in problems[0]
     # an ablation without REPA keeps the recipe's [repa] table and its phase-2 "disabled" entry
     assert schedule_problems(_config(), 32, ("multires",), configured=("repa",)) == []
-    bad = MultiresConfig(phases=[PhaseConfig(name="x", resolution=500, batch_size=0, steps=0)])
-    text = " ".join(schedule_problems(bad, 32, ("multires",)))
-    assert "steps must be >= 1" in text and "batch_size must be >= 1" in text and "multiple of the patch" in text
-    assert schedule_problems(MultiresConfig(), 32, ("multires",))[0].startswith("[multires] phases is empty")
+    bad = MultiresConfig(phases=[PhaseConfig(name="x", resolution=500, batch_size=1, steps=1)])
+    assert "phases[0] ('x'): resolution 500 must be a positive multiple of the patch size 32" in " ".join(
+        schedule_problems(bad, 32, ("multires",)))
+
+
+def test_phase_values_are_constrained():
+    bad = MultiresConfig(phases=[PhaseConfig(name="x", resolution=0, batch_size=0, steps=0),
+                                 PhaseConfig(name="x", resolution=32, batch_size=8, steps=1)])
+    assert [describe_violation(v) for v in config_problems(bad, ("multires",))] == [
+        "[multires] phases[0].resolution = 0: expected an integer >= 1.",
+        "[multires] phases[0].batch_size = 0: expected an integer >= 1.",
+        "[multires] phases[0].steps = 0: expected an integer >= 1."]
+    duplicate = MultiresConfig(phases=[PhaseConfig(name="x", resolution=32, batch_size=8, steps=1)] * 2)
+    assert [describe_violation(v) for v in config_problems(duplicate, ("multires",))] == [
+        "[multires] phases: names must be distinct, got ['x', 'x']."]
+    assert [describe_violation(v) for v in config_problems(MultiresConfig(), ("multires",))] == [
+        "[multires] phases = []: expected a non-empty array."]
 
 
 def test_technique_declaration_and_hook():

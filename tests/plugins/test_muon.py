@@ -16,6 +16,7 @@ from prx_core import hookspecs
 from prx_core.errors import PluginError
 from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.types import RunContext
 from prx_muon import MuonConfig, block_matrices, block_matrix_shapes, newton_schulz_flops_per_step
 from prx_muon.exchange import shard_range
@@ -231,10 +232,10 @@ def test_cost_hook_counts_newton_schulz_of_every_block_matrix():
 
 
 def test_config_and_registration():
-    with pytest.raises(ValueError):
-        MuonConfig(momentum=1.0)
-    with pytest.raises(ValueError):
-        MuonConfig(ns_steps=0)
+    bad = MuonConfig(lr=-1.0, momentum=1.0, ns_steps=0, weight_decay=-0.1)
+    assert [describe_violation(v) for v in config_problems(bad, ("muon",))] == [
+        "[muon] lr = -1.0: expected a number >= 0.", "[muon] momentum = 1.0: expected a number in [0, 1).",
+        "[muon] ns_steps = 0: expected an integer >= 1.", "[muon] weight_decay = -0.1: expected a number >= 0."]
     [technique] = prx_register_techniques()
     assert technique.name == "muon" and technique.effects == ("optimizer:muon",)
     assert technique.config is MuonConfig and technique.plugin is MuonTechnique

@@ -18,6 +18,7 @@ from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.plan import model_config
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.schema import ModelConfig, OptimConfig, Recipe
 from prx_core.registry import discover
 from prx_core.teachers import load_teacher, teacher_forward_flops
@@ -165,9 +166,13 @@ def test_check_recipe_keeps_the_block_inside_the_model_and_reads_the_teacher():
     assert Repa(RepaConfig(block=3), context(recipe)).prx_check_recipe(model_config=four_blocks) == []
     problems = Repa(RepaConfig(block=4, teacher="dinov3", input_scale=0.0), context(recipe)).prx_check_recipe(
         model_config=four_blocks)
-    assert len(problems) == 3
+    assert len(problems) == 2
     assert "block = 4" in problems[0] and "0..3" in problems[0]
-    assert problems[1].startswith("teacher:") and "input_scale" in problems[2]
+    assert problems[1].startswith("teacher:")
+    bad = RepaConfig(block=-1, projector_dim=0, weight=float("nan"), input_scale=0.0)
+    assert [describe_violation(v) for v in config_problems(bad, ("repa",))] == [
+        "[repa] block = -1: expected an integer >= 0.", "[repa] projector_dim = 0: expected an integer >= 1.",
+        "[repa] weight = nan: expected a finite number.", "[repa] input_scale = 0.0: expected a number > 0."]
 
 
 def test_hooks_attach_the_projector_capture_the_block_and_return_the_loss(teacher_spec, teacher):

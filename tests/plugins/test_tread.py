@@ -13,6 +13,7 @@ from prx_core.model.config import PRESETS, DenoiserConfig
 from prx_core.model.denoiser import PRXDenoiser, patchify, unpatchify
 from prx_core.model.flops import block_forward_flops, train_flops_per_image
 from prx_core.model.tokens import gather_tokens, scatter_tokens
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.schema import ModelConfig, Recipe
 from prx_core.types import CostTerm, Phase, Route, RunContext
 from prx_tread.config import RouteSpan, RouteSpec, TreadConfig, resolve_routes
@@ -252,10 +253,20 @@ def test_default_route_is_blocks_2_to_penultimate():
 @pytest.mark.parametrize(
     "routes, words",
     [
-        ((), "routes is empty"),
-        ((RouteSpec(keep=0.0),), "routes[0]: keep = 0.0"),
-        ((RouteSpec(keep=1.5),), "routes[0]: keep = 1.5"),
-        ((RouteSpec(keep=float("nan")),), "routes[0]: keep = nan"),
+        ((), '[tread] routes = []: expected a non-empty array of routes (to train dense, remove "tread" from plugins).'),
+        ((RouteSpec(keep=0.0),), "[tread] routes[0].keep = 0.0: expected a number in (0, 1]."),
+        ((RouteSpec(keep=1.5),), "[tread] routes[0].keep = 1.5: expected a number in (0, 1]."),
+        ((RouteSpec(keep=float("nan")),), "[tread] routes[0].keep = nan: expected a finite number."),
+        ((RouteSpec(start=-1),), "[tread] routes[0].start = -1: expected an integer >= 0."),
+    ],
+)
+def test_route_values_are_constrained(routes, words):
+    assert [describe_violation(v) for v in config_problems(TreadConfig(routes=routes), ("tread",))] == [words]
+
+
+@pytest.mark.parametrize(
+    "routes, words",
+    [
         ((RouteSpec(end=16),), "routes[0]: blocks 2..16"),
         ((RouteSpec(start=-1),), "routes[0]: blocks -1..-2"),
         ((RouteSpec(start=9, end=5),), "routes[0]: blocks 9..5"),

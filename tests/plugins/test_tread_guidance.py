@@ -10,6 +10,7 @@ import torch
 from sampling_probe import SMALL, Recorder, inputs
 
 from prx_core.errors import PluginError, RecipeError
+from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.schema import Recipe, SampleConfig
 from prx_core.registry import discover, selection_problems
 from prx_core.sampler import sample
@@ -69,9 +70,8 @@ def test_tread_guidance_hook_uses_the_router_and_the_models_patch():
 
 
 def test_tread_guidance_rejects_a_negative_scale():
-    bad = TreadGuidance(TreadGuidanceConfig(scale=-1.0), RunContext(recipe=Recipe()))
-    (problem,) = bad.prx_check_recipe()
-    assert problem.startswith("scale = -1.0")
+    (problem,) = config_problems(TreadGuidanceConfig(scale=-1.0), ("tread_guidance",))
+    assert describe_violation(problem) == "[tread_guidance] scale = -1.0: expected a number >= 0."
 
 
 def test_the_technique_holds_the_guidance_role_and_requires_tread():

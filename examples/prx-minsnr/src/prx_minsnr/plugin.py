@@ -13,8 +13,6 @@ The step's total loss becomes ``diffusion + minsnr``, which weights each sample'
 """
 from __future__ import annotations
 
-import math
-
 from prx_core.hookspecs import hookimpl
 from prx_core.types import RunContext, Technique
 from prx_minsnr.config import MinSnrConfig
@@ -27,13 +25,6 @@ class MinSnr:
     def __init__(self, config: MinSnrConfig, context: RunContext):
         self.config = config
         self.context = context
-
-    @hookimpl
-    def prx_check_recipe(self) -> list[str]:
-        gamma = self.config.gamma
-        if math.isfinite(gamma) and gamma > 0:
-            return []
-        return [f"gamma = {gamma} must be a finite number > 0 (5 in the Min-SNR paper)."]
 
     @hookimpl
     def prx_auxiliary_losses(self) -> list[MinSnrLoss]:
