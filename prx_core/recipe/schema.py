@@ -110,7 +110,7 @@ class TextConfig:
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(("dim", "encoder"), 'encoder = "none" needs dim',
-             lambda c: 'unset, but encoder = "none" (random embeddings) needs their width: set dim, e.g. dim = 2304.'
+             lambda c: "random embeddings need their width in [text] dim: set it, e.g. dim = 2304."
              if c.encoder == "none" and c.dim is None else None),
     )
 
