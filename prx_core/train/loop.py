@@ -25,18 +25,14 @@ from prx_core.registry import Registry
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.techniques import TechniqueSet, TracedGuidance
 from prx_core.text import check_text_width, load_text_encoder
+from prx_core.train.checkpointing import Checkpointing
 from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.periodic_eval import curve_line, eval_due, evaluate_during_training, evaluation_curve
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.preflight import check_local
 from prx_core.train.sinks import Sinks, run_facts, run_name
-from prx_core.train.state import load_checkpoint, save_checkpoint
 from prx_core.train.trainer import Trainer
 from prx_core.types import Guidance, RunContext, RunStart, SampleGrid
-
-
-class NonFiniteError(UserError):
-    """Several optimizer steps in a row had a non-finite loss or gradient."""
 
 
 class Interrupted:
@@ -79,7 +75,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     check_local(recipe)
     info = D.init_distributed(recipe.distributed, recipe.train.device)
     folder = RunFolder(run_dir)
-    if not resume and CheckpointManager(folder.checkpoints).latest() is not None:
+    if not resume and CheckpointManager(folder.checkpoints).holds_checkpoints():
         raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
                         f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
     console = RunConsole(0, enabled=info.is_main, interactive=interactive)
@@ -96,24 +92,21 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     except WeightsNotFoundError as err:
         raise WeightsNotFoundError(f"{where(recipe, 'text.encoder')}: [text] encoder: {err}") from None
     check_text_width(recipe.text, config.text_dim, text_encoder, where(recipe, "text"))
-    resuming = resume and CheckpointManager(folder.checkpoints).latest() is not None
+    resuming = resume and CheckpointManager(folder.checkpoints).holds_checkpoints()
     if not resuming:  # a resumed run takes its weights from its checkpoint, not from [model] init
         check_initial_weights(recipe, text_encoder.dim)
     trainer = Trainer(recipe, techniques, text_encoder, info, initial_weights=not resuming)
     if info.is_main:
         folder.create()
         console.attach_log(open(folder.root / "log.txt", "a"))
-    checkpoints = CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints)
+    data: PhaseData | None = None
+    checkpoints = Checkpointing(trainer, CheckpointManager(folder.checkpoints, recipe.train.keep_checkpoints), info,
+                                console.log, lambda: {"loader": data.state_dict()})
     loader_state = None
-    if resume and checkpoints.latest() is not None:
-        loader_state = load_checkpoint(trainer, checkpoints.latest(), info).get("loader")
-        console.log(f"resumed from {checkpoints.latest()} at step {trainer.step}")
+    if resume:
+        loader_state = (checkpoints.resume() or {}).get("loader")
         if info.is_main:
             folder.truncate_logs(trainer.step)
-    elif resume:
-        console.log(f"--resume: no checkpoint in {folder.checkpoints} yet, starting from step 0")
-        if info.is_main:
-            folder.truncate_logs(0)
     if info.is_main:
         (folder.root / "recipe.toml").write_text(dump_recipe_toml(recipe))
         console.log(f"run folder: {folder.root}")
@@ -123,15 +116,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         console.log(f"device: {info.device}, processes: {info.world_size} ({info.strategy}), "
                     f"precision: {'bf16 autocast' if trainer.autocast else 'fp32'}")
 
-    saved_at = trainer.step if checkpoints.latest() is not None else -1
     data = PhaseData(recipe, info, trainer.model_config.patch, text_encoder.fingerprint, loader_state, console.log)
-
-    def save() -> None:
-        nonlocal saved_at
-        saved_at = trainer.step
-        path = save_checkpoint(trainer, checkpoints, info, {"loader": data.state_dict()})
-        console.log(f"checkpoint: {path}")
-
     logged = folder.read_metrics() if resume else []
     started = time.monotonic() - (logged[-1]["wall_s"] if logged else 0.0)  # wall_s continues across resumes
     window_start, window_steps = time.monotonic(), 0
@@ -156,17 +141,15 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                 log_now = (trainer.step + 1) % recipe.train.log_every == 0 or trainer.step + 1 == total_steps
                 metrics = trainer.train_step(batches, micro[phase.name], timed=log_now)
                 window_steps += 1
-                # The skip counters live on the device (no host read per step): they are read at
-                # log steps and before a checkpoint, so a streak stops the run at most log_every
-                # steps late, and a checkpoint is never written after an unchecked streak.
-                longest = (trainer.read_longest_streak()
-                           if log_now or trainer.step % recipe.train.checkpoint_every == 0 else 0)
-                if longest >= recipe.train.max_nonfinite_in_row:
-                    raise NonFiniteError(
-                        f"{longest} optimizer steps in a row had a non-finite loss or gradient "
-                        f"(step {trainer.step}); the run stopped and the last good checkpoint in "
-                        f"{folder.checkpoints} is intact. Lower [optim] lr or [optim] grad_clip and resume."
-                    )
+                out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
+                due = (trainer.step % recipe.train.checkpoint_every == 0 or trainer.step == total_steps
+                       or interrupted.flag or out_of_time)
+                # The run's health lives on the device (no host read per step): it is read at log
+                # steps and when a checkpoint is due or waiting, so a divergence stops the run at
+                # most log_every steps late and never reaches a checkpoint.
+                health = trainer.health.read(trainer.step, info) if log_now or due or checkpoints.pending else None
+                if health is not None:
+                    checkpoints.check(health)
                 if log_now:
                     row = read_metrics(metrics, trainer, info, phase, started)
                     elapsed = time.monotonic() - window_start
@@ -187,9 +170,9 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     evaluate_now(trainer, folder, recipe, info, console, paused - started)
                     started += time.monotonic() - paused  # the training clock stops while evaluating
                     window_start += time.monotonic() - paused
-                out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
-                if trainer.step % recipe.train.checkpoint_every == 0 or interrupted.flag:
-                    save()
+                saved = checkpoints.offer(health) if due or checkpoints.pending else True
+                if (out_of_time or interrupted.flag or trainer.step == total_steps) and not saved:
+                    console.log(checkpoints.unsaved_note())
                 if out_of_time:
                     console.log(f"[train] max_wall_s = {recipe.train.max_wall_s} reached at step {trainer.step}")
                     break
@@ -197,8 +180,6 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     console.log(f"interrupted at step {trainer.step}; continue with: prx run ... --resume")
                     status = "interrupted"
                     return folder.root
-            if saved_at != trainer.step:
-                save()
         finish(trainer, folder, recipe, info, console, started, phases, sinks)
         status = "finished"
         # Rank 0 evaluates alone; the others wait for it so that every rank takes its process
@@ -209,7 +190,8 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         raise
     finally:
         sinks.close(status, console.log)
-        data.close()
+        if data is not None:
+            data.close()
         if console.log_file is not None:
             console.log_file.close()
         D.shutdown()

@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from prx_core import distributed as D
-from prx_core.checkpoint import STATE_FILE, CheckpointManager, read_state, verify
+from prx_core.checkpoint import STATE_FILE, CheckpointManager, Selection, read_state, select_checkpoint, verify
 from prx_core.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -148,10 +149,49 @@ def save_checkpoint(trainer: Trainer, manager: CheckpointManager, info: D.DistIn
     return manager.folder(step)
 
 
+def resume_checkpoint(trainer: Trainer, manager: CheckpointManager, info: D.DistInfo
+                      ) -> tuple[dict[str, Any] | None, Selection]:
+    """Restore ``trainer`` from the newest usable checkpoint under ``manager.root`` (every rank
+    calls it): rank 0 verifies the candidates newest first (prx_core.checkpoint.select_checkpoint)
+    and every rank loads the one it chose; a checkpoint that verifies but cannot be loaded is
+    passed over too. Returns the saved state (None when there is no checkpoint at all) and the
+    selection, whose ``describe()`` says what was skipped and why. Raises CheckpointError, the
+    same on every rank, when there are checkpoints but none is usable; nothing is deleted."""
+    failed: dict[Path, str] = {}
+    while True:
+        selection = select_checkpoint(manager.root, failed=failed) if info.is_main else None
+        selection = D.gather_objects(selection, info)[0]
+        if selection.folder is None:
+            if selection.skipped:
+                raise CheckpointError(selection.unusable_message(manager.root))
+            return None, selection
+        problem = None
+        try:
+            state = _load(trainer, selection.folder, info)
+        except CheckpointError as err:
+            problem = str(err)
+        problems = [p for p in D.gather_objects(problem, info) if p]
+        if not problems:
+            return state, selection
+        failed[selection.folder] = f"it could not be loaded: {problems[0].rstrip('.')}"
+
+
 def load_checkpoint(trainer: Trainer, folder: Path, info: D.DistInfo) -> dict[str, Any]:
     """Restore ``trainer`` from ``folder`` (either layout, any process count); returns the saved
     state (its ``loader`` entry and the other plain data). Every rank calls it."""
     _verify_once(folder, info)
+    return _load(trainer, folder, info)
+
+
+def _load(trainer: Trainer, folder: Path, info: D.DistInfo) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a folder verified already."""
+    try:
+        return _load_state(trainer, folder, info)
+    except KeyError as err:  # a state.pt that verifies but was not written by this trainer
+        raise CheckpointError(f"{folder / STATE_FILE} lacks the entry {err} a prx checkpoint holds.") from None
+
+
+def _load_state(trainer: Trainer, folder: Path, info: D.DistInfo) -> dict[str, Any]:
     state = read_state(folder, map_location=info.device)
     if is_sharded(folder):
         trainer.check_optimizer_labels(state["optimizers"])
@@ -174,7 +214,11 @@ def _dcp_load(targets: dict[str, torch.Tensor], path: Path, no_dist: bool = Fals
     """Fill ``targets`` in place (each in its own layout) from the DCP folder ``path``."""
     with warnings.catch_warnings():  # DCP warns whenever it loads without a process group, as intended here
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(targets, storage_reader=SafeReader(path), no_dist=no_dist)
+        try:
+            dcp.load(targets, storage_reader=SafeReader(path), no_dist=no_dist)
+        except CheckpointException as err:  # every rank raises it: DCP gathers the failures
+            raise CheckpointError(f"{path} could not be read by torch.distributed.checkpoint "
+                                  f"({' '.join(str(err).split())[:500]}).") from None
 
 
 def _marker_keys(tree: Any) -> set[str]:

@@ -31,6 +31,7 @@ from prx_core.objective import add_noise, sample_time, v_space_loss
 from prx_core.recipe.schema import Recipe
 from prx_core.techniques import ENV_TRACE, TechniqueSet
 from prx_core.text import TextEncoder, check_text_width
+from prx_core.train.divergence import DivergenceMonitor
 from prx_core.train.nonfinite import nonfinite_flag, step_unless
 from prx_core.train.initial_weights import load_initial_weights
 from prx_core.train.randomness import draw
@@ -103,11 +104,8 @@ class Trainer:
         self.ema = EMA(list(self.denoiser.denoiser_parameters()), recipe.optim.ema_decay, recipe.optim.ema_every)
         self.empty = text_encoder.encode([""])
         self.step = 0
-        # Skipped (non-finite) optimizer steps, counted on the device and read with the metrics:
-        # in total, in the current streak, and the longest streak since the last read.
-        self.skipped_total = torch.zeros((), dtype=torch.long, device=self.device)
-        self.skipped_streak = torch.zeros((), dtype=torch.long, device=self.device)
-        self.longest_streak = torch.zeros((), dtype=torch.long, device=self.device)
+        # Skipped steps, weights and loss spikes, watched on the device (prx_core.train.divergence).
+        self.health = DivergenceMonitor(list(self.denoiser.parameters()), recipe.train, self.device)
         self.router: Router | None = None
         self.capture: tuple[int, ...] = ()
         self.aux_losses: list[AuxiliaryLoss] = []
@@ -148,6 +146,7 @@ class Trainer:
         self.aux_losses = [CompiledLoss.of(loss) if self.recipe.train.compile else loss
                            for _, found in losses for loss in found]
         self.aux_owners = [name for name, found in losses for _ in found]
+        self.health.start_phase()
         self.phase = phase
 
     def _captured_blocks(self, losses: list[tuple[str, list[AuxiliaryLoss]]]) -> tuple[int, ...]:
@@ -237,12 +236,9 @@ class Trainer:
                 group["lr"] = group["initial_lr"] * factor
             step_unless(opt, found_inf)
             opt.zero_grad(set_to_none=True)
-        skipped = found_inf.long()
-        self.skipped_total += skipped
-        self.skipped_streak.add_(skipped).mul_(skipped)
-        torch.maximum(self.longest_streak, self.skipped_streak, out=self.longest_streak)
+        bad_update = self.health.record(self.step + 1, loss, found_inf)
         self.step += 1
-        self.ema.update(self.step, skip=found_inf)
+        self.ema.update(self.step, skip=torch.maximum(found_inf, bad_update))
         metrics = {"loss": loss, **{f"loss/{k}": v for k, v in sums.items()}, "grad_norm": grad_norm}
         metrics["lr"] = torch.tensor(self.recipe.optim.lr * factor)
         return metrics
@@ -250,14 +246,7 @@ class Trainer:
     @property
     def nonfinite_total(self) -> int:
         """Optimizer steps skipped so far as non-finite (a host read: call it at log steps)."""
-        return int(self.skipped_total)
-
-    def read_longest_streak(self) -> int:
-        """The longest run of consecutive skipped steps since the last call (a host read), so
-        that a streak between two reads is seen even if it has ended."""
-        longest = int(self.longest_streak)
-        self.longest_streak.copy_(self.skipped_streak)
-        return longest
+        return self.health.nonfinite_total
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -294,6 +283,7 @@ class Trainer:
         for label, opt in self.optimizers.items():
             set_optimizer_state_dict(self.denoiser, opt, state["optimizers"][label], options=options)
         self.step = int(state["step"])
-        self.skipped_total.fill_(int(state["nonfinite_total"]))
+        self.health.skipped_total.fill_(int(state["nonfinite_total"]))
+        self.health.weights_changed()
         self.techniques.call("prx_load_state_dict", states=state.get("techniques", {}))
 

@@ -91,6 +91,10 @@ class Runs:
                 crashed = self.crashed()
                 shutil.copytree(crashed, run_dir)
                 self.out[name] = prx_run(run_dir, FSDP, 2 if name == "resumed" else 1, "--resume")
+            elif name == "resumed_past_a_lost_shard":
+                shutil.copytree(self["fsdp"], run_dir)
+                (checkpoint(run_dir, 6) / DCP_DIR / "__1_0.distcp").unlink()
+                self.out[name] = prx_run(run_dir, FSDP, 2, "--resume", "--set", "train.steps=7")
         return run_dir
 
     def crashed(self) -> Path:
@@ -240,6 +244,58 @@ def test_fsdp_checkpoint_resumes_on_one_process(runs):
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert not (checkpoint(run_dir, 6) / DCP_DIR).exists()  # one process writes one file
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp_resume_passes_over_a_checkpoint_that_lost_a_shard(runs):
+    """Rank 0 verifies, both ranks load the checkpoint it chose, and the run continues exactly."""
+    run_dir, out = runs["resumed_past_a_lost_shard"], runs.out["resumed_past_a_lost_shard"]
+    assert f"resumed from {checkpoint(run_dir, 3)} at step 3" in out
+    assert f"skipped step_00000006: {checkpoint(run_dir, 6) / DCP_DIR / '__1_0.distcp'} is missing" in out
+    assert out.count("resumed from") == 1  # rank 0 alone says it
+    assert without_timings(metrics(run_dir))[:6] == without_timings(metrics(runs["fsdp"]))  # bit for bit
+    (replaced,) = (run_dir / "checkpoints" / "replaced").iterdir()  # written again at step 6: the old one kept
+    assert not (replaced / DCP_DIR / "__1_0.distcp").exists() and (replaced / DCP_DIR / "__0_0.distcp").exists()
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _damage_and_reseal(folder: Path) -> None:
+    """A shard damaged under a manifest written over it: only the load can tell."""
+    from prx_core.checkpoint import write_manifest
+
+    _truncate(folder / DCP_DIR / "__0_0.distcp")
+    write_manifest(folder, 6)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda f: _truncate(f / DCP_DIR / "__0_0.distcp"), "__0_0.distcp is truncated or overwritten"),
+    (lambda f: (f / DCP_DIR / "__1_0.distcp").unlink(), "__1_0.distcp is missing"),
+    (lambda f: (f / DCP_DIR / ".metadata").unlink(), ".metadata is missing"),
+    (lambda f: _truncate(f / "state.pt"), "state.pt is truncated or overwritten"),
+    (_damage_and_reseal, "it could not be loaded"),
+], ids=["shard-truncated", "shard-removed", "metadata-removed", "state-truncated", "shard-damaged-under-its-manifest"])
+def test_a_damaged_sharded_checkpoint_is_passed_over(runs, tmp_path, damage, words):
+    """The sharded (DCP) layout's corruptions, resumed on one process: the newest complete checkpoint loads."""
+    from prx_core.train.state import resume_checkpoint
+
+    run_dir = Path(shutil.copytree(runs["fsdp"], tmp_path / "run"))
+    damage(checkpoint(run_dir, 6))
+    recipe = load_recipe(run_dir / "recipe.toml", (), discover())
+    info = D.DistInfo(0, 1, 0, "none", torch.device("cpu"))
+    techniques = TechniqueSet(recipe, discover(), RunContext(recipe, recipe.seed, device=info.device), model_config(recipe))
+    trainer = Trainer(recipe, techniques, load_text_encoder(recipe.text, info.device), info)
+    state, selection = resume_checkpoint(trainer, CheckpointManager(run_dir / "checkpoints"), info)
+    assert selection.folder == checkpoint(run_dir, 3) and trainer.step == 3 and state["step"] == 3
+    ((skipped, reason),) = selection.skipped
+    assert skipped == checkpoint(run_dir, 6) and words in reason, reason
+    assert_states_equal(trainer.state_dict(), read_full_state(checkpoint(run_dir, 3)))
 
 
 # -- export --------------------------------------------------------------------------------------

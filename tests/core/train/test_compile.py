@@ -103,6 +103,9 @@ def test_inductor_compiled_routed_denoiser_matches_eager():
 # --- no host reads in the step ------------------------------------------------------------------------
 
 
+INFO = D.DistInfo(0, 1, 0, "none", torch.device("cpu"))
+
+
 def build_trainer(plugins: str) -> Trainer:
     registry = discover()
     recipe = load_recipe(TINY_RECIPE, [f"plugins={plugins}"], registry)
@@ -180,13 +183,15 @@ def test_a_non_finite_step_changes_nothing_and_is_counted_on_the_device():
     after = snapshot(trainer)
     assert before.keys() == after.keys() and any(k.startswith("muon/") for k in before)
     assert [k for k in before if not torch.equal(before[k], after[k])] == []
-    assert trainer.skipped_total.device.type == "cpu" and trainer.nonfinite_total == 1
+    assert trainer.health.skipped_total.device.type == "cpu" and trainer.nonfinite_total == 1
     trainer.train_step(bad, 1)
-    assert trainer.read_longest_streak() == 2
+    assert trainer.health.read(trainer.step, INFO).nonfinite_streak == 2
+    for _ in range(3):
+        trainer.train_step(bad, 1)
     trainer.train_step(good, 1)
-    assert trainer.nonfinite_total == 2 and int(trainer.skipped_streak) == 0
-    assert trainer.read_longest_streak() == 2  # the streak that was still going at the last read
-    assert trainer.read_longest_streak() == 0
+    health = trainer.health.read(trainer.step, INFO)
+    assert trainer.nonfinite_total == 5 and health.nonfinite_streak == 0
+    assert health.nonfinite_from == 2  # the first run of max_nonfinite_in_row (5) skipped steps, though it ended
     changed = snapshot(trainer)
     assert not torch.equal(changed["param/final.weight"], after["param/final.weight"])
 

@@ -214,24 +214,35 @@ def test_a_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch
     rows = metrics(run_dir)
     assert math.isnan(rows[1]["loss"]) and all(math.isfinite(rows[i]["loss"]) for i in (0, 2, 3))
     assert [r["nonfinite_skipped"] for r in rows] == [0, 1, 1, 1]
-    one, two, three = (checkpoint(run_dir, s) for s in (1, 2, 3))
-    assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"])  # step 2 changed nothing
-    assert all(torch.equal(one["ema"][k], two["ema"][k]) for k in one["ema"])
-    assert not all(torch.equal(two["model"][k], three["model"][k]) for k in two["model"])
+    # The checkpoint of step 2 waited for a finite loss: the state of step 2 is the one that gave NaN.
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == [
+        "step_00000001", "step_00000003", "step_00000004"]
+    assert "checkpoint of step 2 waits: the loss is non-finite" in (run_dir / "log.txt").read_text()
+    one, three = checkpoint(run_dir, 1), checkpoint(run_dir, 3)
+    assert not all(torch.equal(one["model"][k], three["model"][k]) for k in one["model"])
     assert json.loads((run_dir / "summary.json").read_text())["nonfinite_skipped"] == 1
 
 
-def test_too_many_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_checkpoint(tmp_path, monkeypatch, capsys):
-    poison_loss(monkeypatch, lambda call: call >= 4)
+def test_too_many_non_finite_steps_in_a_row_stop_the_run_and_name_the_good_checkpoint(tmp_path, monkeypatch, capsys):
+    poison_loss(monkeypatch, lambda call: call >= 6)
     run_dir = tmp_path / "run"
-    assert prx_run(run_dir, "train.steps=20", "train.max_nonfinite_in_row=2") == 2
+    settings = ("train.steps=8", "train.max_nonfinite_in_row=2", "train.checkpoint_every=1")
+    assert prx_run(run_dir, *settings) == 2
     err = capsys.readouterr().err
-    assert "2 optimizer steps in a row had a non-finite loss" in err and "checkpoint" in err
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000003"
-    verify(run_dir / "checkpoints" / "step_00000003")
-    state = checkpoint(run_dir, 3)
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert "2 optimizer steps in a row, from step 6, had a non-finite loss or gradient" in err
+    # Step 5's weights gave the NaN losses of steps 6 and 7 (skipped steps change nothing): its
+    # checkpoint is marked, the good one is step 4, and the checkpoint due at step 6 was never written.
+    good, suspect = (run_dir / "checkpoints" / f"step_{s:08d}" for s in (4, 5))
+    assert f"The last good checkpoint is {good} (step 4)" in err and "step_00000005 holds the state" in err
+    assert (suspect / "diverged.json").is_file() and not (run_dir / "checkpoints" / "step_00000006").exists()
+    verify(good)
+    assert all(torch.isfinite(v).all() for v in checkpoint(run_dir, 4)["model"].values())
     assert not (run_dir / "summary.json").exists()
+    monkeypatch.undo()
+    assert prx_run(run_dir, *settings, resume=True) == 0
+    log = (run_dir / "log.txt").read_text()
+    assert f"resumed from {good} at step 4" in log and "skipped step_00000005: it holds the state a divergence" in log
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, 9))
 
 
 # --- prx sample / prx eval on a finished run -------------------------------------------------
