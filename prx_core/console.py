@@ -102,4 +102,22 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     parts = [f"{k}={metrics[k]:.4f}" for k in shown]
     if "images_per_s" in metrics:
         parts.append(f"{metrics['images_per_s']:.1f} img/s")
+    skipped = format_skipped(metrics)
+    if skipped:
+        parts.append(skipped)
     return " ".join(parts)
+
+
+def skipped_samples(metrics: Mapping[str, float]) -> dict[str, int]:
+    """Samples the loaders skipped so far, by reason (``data/bad/<reason>`` of a metrics row)."""
+    prefix = "data/bad/"
+    return {key[len(prefix):]: int(value) for key, value in sorted(metrics.items()) if key.startswith(prefix) and value}
+
+
+def format_skipped(metrics: Mapping[str, float]) -> str:
+    """"skipped 3 of 1200 samples (empty 1, truncated 2)", or "" when none was skipped."""
+    reasons = skipped_samples(metrics)
+    if not reasons:
+        return ""
+    detail = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
+    return f"skipped {sum(reasons.values())} of {int(metrics.get('data/seen', 0))} samples ({detail})"

@@ -257,9 +257,11 @@ class ParquetSource:
 
 def image_value(value: Any, base: str) -> bytes:
     """Encoded image bytes from a column value: bytes, a ``{bytes, path}`` struct (Hugging Face
-    datasets' layout; ``bytes`` may be null) or a path; relative paths are relative to ``base``."""
+    datasets' layout; ``bytes`` may be null) or a path; relative paths are relative to ``base``.
+    Bytes that are present but empty stay empty (the decoder counts them as "empty"): the path
+    beside them only names the file the image once came from."""
     if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
+        value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
     if isinstance(value, str) and value:
         path = value if files.is_url(value) or value.startswith("/") else files.join(base, value)
         try:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager
-from prx_core.console import RunConsole
+from prx_core.console import RunConsole, format_skipped, skipped_samples
 from prx_core.data.schedule import phase_at
 from prx_core.errors import UserError, WeightsNotFoundError
 from prx_core.evaluation.prompt_following import evaluate
@@ -121,6 +121,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     started = time.monotonic() - (logged[-1]["wall_s"] if logged else 0.0)  # wall_s continues across resumes
     window_start, window_steps = time.monotonic(), 0
     last_phase, batches = None, None
+    reported_skips: dict[str, int] = {}
     sinks = open_sinks(recipe, registry, techniques, trainer, info, folder, total_steps, resume, console)
     status = "failed"
     try:
@@ -156,6 +157,9 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                     row["images_per_s"] = phase.batch_size * window_steps / elapsed
                     row["step_ms"] = 1e3 * elapsed / window_steps
                     row.update({f"data/{k}": v for k, v in data.stats().items()})
+                    if info.is_main and skipped_samples(row) != reported_skips:  # a new bad sample: into log.txt
+                        reported_skips = skipped_samples(row)
+                        console.log(f"data: {format_skipped(row)} so far")
                     window_start, window_steps = time.monotonic(), 0
                     if info.is_main:
                         folder.append_metrics(row)
@@ -296,19 +300,23 @@ def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo
     rows = folder.read_metrics()
     wall = rows[-1]["wall_s"] if rows else time.monotonic() - started
     images = images_seen(phases, trainer.step)
+    last = rows[-1] if rows else {}
+    skipped = skipped_samples(last)  # by reason, over every rank, at the last logged step
     summary = {
         "name": recipe.name, "plugins": list(trainer.techniques.names), "seed": recipe.seed,
         "steps": trainer.step, "wall_s": wall,
         "images_per_s": images / wall if wall else 0.0,
         "peak_mem_mb": max((r.get("peak_mem_mb", 0.0) for r in rows), default=0.0),
         "nonfinite_skipped": trainer.nonfinite_total,
+        "data": {"seen": int(last.get("data/seen", 0)), "skipped": sum(skipped.values()), "skipped_by_reason": skipped},
         "final": final_means(rows), "eval": evaluation,
     }
     if recipe.eval.every:
         summary["evals"] = evaluation_curve(folder, evaluation, wall)
     folder.write_json(SUMMARY, summary)
     console.table("summary", {"steps": trainer.step, "wall time (s)": round(wall, 1),
-                              "images/s": summary["images_per_s"], **summary["final"],
+                              "images/s": summary["images_per_s"],
+                              "samples skipped": format_skipped(last).removeprefix("skipped ") or 0, **summary["final"],
                               **{f"prompt following / {k}": v for k, v in score.items()},
                               **evaluation.get("distribution", {}), **curve_line(summary.get("evals", []))})
     console.log(f"samples: {folder.samples}   metrics: {folder.root / 'metrics.jsonl'}   summary: {folder.root / SUMMARY}")

@@ -62,8 +62,13 @@ class PhaseData:
         return {"ranks": D.gather_objects(self.loader.state_dict(), self.info)}
 
     def stats(self) -> dict:
-        """The current loader's counters (images read, skipped, converted...)."""
-        return self.loader.stats()
+        """The loaders' counters (images read, skipped by reason, batches) summed over every rank
+        (a collective call: every rank must make it)."""
+        totals: dict[str, int] = {}
+        for counts in D.gather_objects(self.loader.stats(), self.info):
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
 
     def close(self) -> None:
         if self.loader is not None:

@@ -203,3 +203,26 @@ def test_pil_reads_what_we_wrote():
     """Guard for the helper above: PIL reads the hand-written 16-bit PNG as 8-bit RGB."""
     image = Image.open(io.BytesIO(_png_rgb16(np.full((4, 4, 3), 65535, np.uint16))))
     assert image.size == (4, 4) and image.mode in ("RGB", "I;16")
+
+
+def test_a_parquet_row_with_empty_image_bytes_is_empty_not_missing(tmp_path):
+    """Hugging Face datasets write images as {bytes, path} structs whose path only names the file the
+    image came from: empty bytes are an empty image, not a file to look for."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prx_core.data.sources import image_value
+
+    good = encode_image(np.full((40, 40, 3), 90, dtype=np.uint8), "PNG")
+    images = [{"bytes": good, "path": "a.png"}, {"bytes": b"", "path": "b.png"}, {"bytes": None, "path": ""}]
+    table = pa.table({"image": images, "caption": ["good", "empty bytes", "nothing at all"]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    assert image_value({"bytes": b"", "path": "b.png"}, str(tmp_path)) == b""
+    source = SourceConfig(kind="parquet", path=str(tmp_path), image_column="image", caption_column="caption")
+    loader = build_loader(DataConfig(resolution=32, sources=[source], buckets=False, max_bad_share=0.9),
+                          resolution=32, batch_size=2, patch=16, seed=0)
+    batch = next(iter(loader))
+    stats = loader.stats()
+    loader.close()
+    assert batch.captions == ["good", "good"]
+    assert stats["bad/empty"] >= 2 and "bad/missing" not in stats

@@ -120,13 +120,40 @@ def test_sample_grids_and_their_prompts_are_written_every_sample_every_steps(tmp
 # --- training works -------------------------------------------------------------------------
 
 
-def test_losses_fall_on_a_fixed_tiny_set(tmp_path):
-    data = tmp_path / "data"
+def scene_folder(data: Path, count: int = 8) -> Path:
+    """``count`` captioned 32 px scenes as a folder source."""
     data.mkdir()
-    for i in range(8):
+    for i in range(count):
         scene = scene_for_index(i)
         Image.fromarray(render_scene(scene, 32, 32, index=i)).save(data / f"{i}.png")
         (data / f"{i}.txt").write_text(scene.caption())
+    return data
+
+
+def test_skipped_samples_are_counted_by_reason_in_the_console_the_log_and_the_summary(tmp_path, capsys):
+    data = scene_folder(tmp_path / "data")
+    png = (data / "0.png").read_bytes()
+    (data / "empty.png").write_bytes(b"")
+    (data / "half.png").write_bytes(png[: len(png) // 2])
+    for name in ("empty", "half"):
+        (data / f"{name}.txt").write_text("a broken image")
+    run_dir = tmp_path / "run"
+    assert prx_run(run_dir, f'data.sources=[{{kind="folder", path="{data}"}}]', "train.steps=3",
+                   "data.max_bad_share=0.5", "data.bad_window=10") == 0
+    out = capsys.readouterr().out
+    last = metrics(run_dir)[-1]
+    reasons = {k.split("/")[-1]: v for k, v in last.items() if k.startswith("data/bad/")}
+    assert set(reasons) == {"empty", "truncated"} and all(v >= 1 for v in reasons.values())
+    expected = (f"skipped {sum(reasons.values())} of {last['data/seen']} samples "
+                f"(empty {reasons['empty']}, truncated {reasons['truncated']})")
+    assert f"step 3/3 [train] loss=" in out and expected in out.split("step 3/3")[1].splitlines()[0]
+    assert f"data: {expected} so far" in (run_dir / "log.txt").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())["data"]
+    assert summary == {"seen": last["data/seen"], "skipped": sum(reasons.values()), "skipped_by_reason": reasons}
+
+
+def test_losses_fall_on_a_fixed_tiny_set(tmp_path):
+    data = scene_folder(tmp_path / "data")
     run_dir = tmp_path / "run"
     # t_min 0.2 keeps the 1/t^2 weight of the v-space loss from dominating the comparison
     assert prx_run(run_dir, f'data.sources=[{{kind="folder", path="{data}"}}]', "train.steps=40", "optim.lr=3e-3",
