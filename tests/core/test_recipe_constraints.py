@@ -342,7 +342,10 @@ def test_recipe_show_constraints_prints_each_key_with_its_constraint_and_is_stil
     assert main(["recipe", "show", str(QUICKSTART), "--constraints"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "steps = 120000" in lines[[i for i, line in enumerate(lines) if line == "[train]"][0] + 1]
+    steps = lines[[i for i, line in enumerate(lines) if line == "[train]"][0] + 1]
+    readme = " ".join((QUICKSTART.parents[1] / "README.md").read_text().split())
+    assert " ".join(steps.split()) == "steps = 120000 # an integer >= 1"
+    assert "`steps = 120000 # an integer >= 1`" in readme  # the README's example is this output
     assert any(line.startswith("keep_checkpoints = 2") and line.endswith("# an integer >= 1") for line in lines)
     assert any(line.startswith("caption_dropout = 0.1") and line.endswith("# a number in [0, 1]") for line in lines)
     assert any(line.startswith("# micro_batch_size: unset") and "(or unset)" in line for line in lines)
