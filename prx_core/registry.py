@@ -4,6 +4,8 @@
 named in ``$PRX_PLUGINS``), asks each for its techniques through ``prx_register_techniques``
 and checks each technique's declaration and plugin class against the hook specifications. A
 module that fails is recorded in :attr:`Registry.broken` with its error; the others still load.
+Two plugins registering one technique name are both broken, unless one of them is built into prx
+(:data:`BUILT_IN`): then the other is the broken one and the built-in keeps working.
 :func:`selection_problems` checks a selection of techniques against their declarations (unknown
 names, two implementations of an exclusive hook, declared conflicts and requirements) before
 anything is built, the one place these rules are checked; the
@@ -30,6 +32,13 @@ from prx_core.types import Technique, parse_effect
 ENTRY_POINT_GROUP = "prx.plugins"
 ENV_ONLY = "PRX_PLUGINS"
 """Comma-separated entry-point names to load; unset loads all, an empty value loads none."""
+
+BUILT_IN = "prx"
+"""The distribution whose entry points are prx's own techniques."""
+CORE_NAMES = {"loss_term": "diffusion", "optimizer": "adamw"}
+"""Effect kind -> the name the core itself uses (the objective's term, the default optimizer)."""
+NAMED_WHAT = {"loss_term": "add a loss term", "adds_module": "attach a module", "optimizer": "label an optimizer"}
+"""Effect kind (:data:`prx_core.types.NAMED`) -> what two techniques declaring one name would both do."""
 
 HOOK_NAMES = tuple(hookspecs.hook_names())
 TRACKER_HOOK = "prx_metrics_sink"
@@ -86,6 +95,7 @@ def discover(only: Iterable[str] | None = None, extra_modules: Iterable[object] 
     """
     broken: list[BrokenPlugin] = []
     found: list[tuple[str, str, str, object]] = []  # (entry point, module name, version, module)
+    built_in: set[str] = set()  # entry points of prx's own distribution
     for entry_point, error in _selected_entry_points(only):
         if error:
             broken.append(BrokenPlugin(entry_point, "", error))
@@ -97,6 +107,8 @@ def discover(only: Iterable[str] | None = None, extra_modules: Iterable[object] 
             continue
         version = entry_point.dist.version if entry_point.dist is not None else ""
         found.append((entry_point.name, entry_point.value, version, module))
+        if entry_point.dist is not None and entry_point.dist.name == BUILT_IN:
+            built_in.add(entry_point.name)
     for module in extra_modules:
         label = getattr(module, "__name__", type(module).__name__)
         found.append(("", label, str(getattr(module, "__version__", "")), module))
@@ -121,6 +133,14 @@ def discover(only: Iterable[str] | None = None, extra_modules: Iterable[object] 
     hooks_by_technique: dict[str, tuple[str, ...]] = {}
     for name in sorted(candidates):
         providers = candidates[name]
+        ours = [p for p in providers if p[1][0] in built_in]
+        if len(providers) > 1 and len(ours) == 1:  # a third party took a built-in's name: it is the broken one
+            for _, (entry_point, label, _), _ in providers:
+                if (entry_point, label) != ours[0][1][:2]:
+                    broken.append(BrokenPlugin(entry_point or label, label, (
+                        f"technique name clash: '{name}' is prx's built-in technique ({ours[0][1][1]}); this plugin's "
+                        f"technique of that name is not loaded. Rename it (its recipe table is [{name}] too)")))
+            providers = ours
         if len(providers) > 1:
             modules = names_list(origin[1] for _, origin, _ in providers)
             for _, (entry_point, label, _), _ in providers:
@@ -269,9 +289,11 @@ def _check_declaration(technique: Technique) -> None:
             raise PluginError(f"technique '{name}': {field} must be a tuple of strings, got {value!r}")
     for effect in technique.effects:
         try:
-            parse_effect(effect)
+            kind, effect_name = parse_effect(effect)
         except ValueError as error:
             raise PluginError(f"technique '{name}': {error}") from None
+        if CORE_NAMES.get(kind) == effect_name:
+            raise PluginError(f"technique '{name}' declares {effect}, a name the core uses itself; choose another name")
     settings = technique.tiny_settings
     if not isinstance(settings, Mapping) or not all(isinstance(key, str) for key in settings):
         raise PluginError(f"technique '{name}': tiny_settings must be a table (a dict with str keys), got {settings!r}")
@@ -357,6 +379,7 @@ def selection_problems(names: Iterable[str], registry: Registry, location: str) 
                 f"{location}: plugins selects {count} {role} techniques: {names_list(holders)}; keep one"
                 f" (at most one technique may implement {hook_of[role]})."
             )
+    problems += _shared_name_problems(known, registry, location)
     reported: set[frozenset[str]] = set()
     for name in known:
         for other in registry.techniques[name].conflicts:
@@ -371,6 +394,26 @@ def selection_problems(names: Iterable[str], registry: Registry, location: str) 
             if needed not in known:
                 installed = "" if needed in registry.techniques else f" (note: '{needed}' is not installed)"
                 problems.append(f"{location}: {name} requires {needed}; add \"{needed}\" to plugins{installed}.")
+    return problems
+
+
+def _shared_name_problems(names: list[str], registry: Registry, location: str) -> list[str]:
+    """Two selected techniques declaring one named effect (``loss_term:lpips`` twice): their loss
+    terms (modules, optimizers) would share a name, and one would hide the other."""
+    declaring: dict[str, list[str]] = {}
+    for name in names:
+        for effect in registry.techniques[name].effects:
+            if parse_effect(effect)[0] in NAMED_WHAT:
+                declaring.setdefault(effect, []).append(name)
+    problems = []
+    for effect, holders in sorted(declaring.items()):
+        if len(holders) > 1:
+            kind, effect_name = parse_effect(effect)
+            problems.append(
+                f"{location}: plugins selects {names_list(holders)}, which {'both' if len(holders) == 2 else 'all'} "
+                f"{NAMED_WHAT[kind]} named "
+                f"'{effect_name}' (each declares {effect}); one would hide the other: keep one, or rename one "
+                "technique's.")
     return problems
 
 

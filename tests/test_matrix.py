@@ -57,6 +57,37 @@ def test_installed_techniques_load_and_declare_known_effects():
     assert len(FAST) + len(SLOW) == 2 ** len(NAMES)
 
 
+def test_a_plugin_that_failed_to_load_is_reported_with_its_error_not_a_key_error(matrix_recipe, tmp_path):
+    broken = types.ModuleType("prx_half_installed")
+
+    def register():
+        raise ImportError("needs libfoo, which is not installed")
+
+    broken.prx_register_techniques = hookimpl(register)
+    registry = discover(only=["cfg"], extra_modules=[broken])
+    for check in (lambda: testing.refusals(("cfg", "half"), registry),
+                  lambda: check_combination(("half",), matrix_recipe, tmp_path, registry=registry)):
+        with pytest.raises(AssertionError) as info:
+            check()
+        assert "plugins names 'half', which is not an installed technique" in str(info.value)
+        assert ("Plugin 'prx_half_installed' (prx_half_installed) failed to load: prx_register_techniques raised "
+                "ImportError: needs libfoo, which is not installed.") in str(info.value)
+
+
+class Inert:
+    def __init__(self, config, context):
+        pass
+
+
+def test_two_techniques_declaring_one_loss_term_are_an_expected_refusal(matrix_recipe, tmp_path):
+    module = types.ModuleType("prx_twins")
+    module.prx_register_techniques = hookimpl(lambda: [Technique(name=name, plugin=Inert, effects=("loss_term:twin",))
+                                                       for name in ("left", "right")])
+    registry = discover(extra_modules=[module])  # the installed techniques too: the matrix recipe has their tables
+    assert testing.refusals(("left", "right"), registry) == ["named 'twin' (each declares loss_term:twin)"]
+    check_combination(("left", "right"), matrix_recipe, tmp_path, registry=registry)  # refused with exactly that
+
+
 def test_the_harness_names_no_technique_and_uses_each_ones_tiny_settings(matrix_recipe):
     """The matrix knows techniques only through their declarations: no built-in technique is
     named in prx_core/testing, and each technique's table in the matrix recipe is its

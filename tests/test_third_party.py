@@ -60,17 +60,32 @@ BROKEN = {
             return [Technique(name="broken_config", plugin=Plugin, config=Settings)]
         """
     ),
+    "prx_broken_name": textwrap.dedent(
+        """
+        from prx_core.hookspecs import hookimpl
+        from prx_core.types import Technique
+
+        class Plugin:  # takes the name of a built-in technique
+            def __init__(self, config, context):
+                pass
+
+        @hookimpl
+        def prx_register_techniques():
+            return [Technique(name="cfg", plugin=Plugin)]
+        """
+    ),
 }
 BROKEN_ERRORS = {
     "broken_import": "ImportError: needs libfoo, which is not installed",
     "broken_signature": "prx_register_techniques asks for recipe, which the hook does not pass",
     "broken_config": "technique 'broken_config': config must be an attrs class or None",
+    "broken_name": "technique name clash: 'cfg' is prx's built-in technique (prx_cfg.plugin)",
 }
 
 
 def add_broken_plugins(site: Path) -> None:
-    """A 'prx-broken' distribution whose three entry points cannot load (import error, bad hook
-    signature, bad config class)."""
+    """A 'prx-broken' distribution whose four entry points cannot load (import error, bad hook
+    signature, bad config class, the name of a built-in technique)."""
     for module, text in BROKEN.items():
         (site / f"{module}.py").write_text(text)
     info = site / "prx_broken-0.0.1.dist-info"
@@ -147,6 +162,7 @@ def test_discovery_finds_the_example_and_reports_each_broken_plugin(installed):
     assert registry.origins["minsnr"] == ("minsnr", "prx_minsnr.plugin", "0.1.0")
     assert registry.techniques["minsnr"].effects == ("loss_term:minsnr",)
     assert {"cfg", "tread", "multires"} <= set(registry.techniques)
+    assert registry.origins["cfg"][1] == "prx_cfg.plugin"  # the built-in, not the plugin that took its name
     errors = {b.entry_point: b.error for b in registry.broken}
     assert set(errors) == set(BROKEN_ERRORS)
     for name, fragment in BROKEN_ERRORS.items():

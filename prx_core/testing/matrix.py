@@ -11,8 +11,10 @@ and together with other installed techniques, in-process on a CPU::
 :func:`check_combination` runs every check of the matrix on one selection of techniques:
 
 * a selection with a declared conflict (two implementations of an exclusive hook, a declared
-  conflict, a missing requirement) is refused with exactly those messages, worked out by
-  :func:`refusals` from the declarations alone; any other selection runs;
+  conflict, a missing requirement, two techniques declaring one loss term, module or optimizer
+  name) is refused with exactly those messages, worked out by :func:`refusals` from the
+  declarations alone; any other selection runs; a name that is not installed fails with the
+  errors of the plugins that did not load;
 * the run crosses a phase boundary. With a technique that implements the schedule hook, its tiny
   settings give the phases; without one, the core plans one phase from ``[train]`` and
   :func:`two_phases` cuts it into two identical halves, so the core still re-resolves routers,
@@ -58,13 +60,13 @@ from prx_core.measure.cost import phase_lines
 from prx_core.plan import model_config, plan_phases
 from prx_core.recipe.errors_format import names_list
 from prx_core.recipe.loader import load_recipe
-from prx_core.registry import Registry, discover
+from prx_core.registry import Registry, discover, unknown_technique_problems
 from prx_core.techniques import TechniqueSet
 from prx_core.testing.teachers import write_tiny_teachers
 from prx_core.text import load_text_encoder
 from prx_core.train.loop import resolve_guidance, sampling_model
 from prx_core.train.trainer import Trainer
-from prx_core.types import Phase, RunContext
+from prx_core.types import NAMED, Phase, RunContext, parse_effect
 
 STEPS = 4
 """Training steps of every matrix run."""
@@ -80,16 +82,28 @@ def _registry_or_installed(registry: Registry | None) -> Registry:
     return discover() if registry is None else registry
 
 
+def installed(names: Sequence[str], registry: Registry) -> None:
+    """Raise AssertionError saying why when a name in ``names`` is not a technique of ``registry``:
+    the plugins that failed to load, with their errors, are the likely reason."""
+    problems = unknown_technique_problems(names, registry, f"selection {combo_id(names)}")
+    if problems:
+        raise AssertionError("\n\n".join(problems))
+
+
 def refusals(names: Sequence[str], registry: Registry | None = None) -> list[str]:
     """The messages the core must refuse ``names`` with, worked out from the declarations alone
     (empty when the selection may run)."""
     registry = _registry_or_installed(registry)
+    installed(names, registry)
     techniques = [registry.techniques[name] for name in names]
     expected = []
     for role in sorted({role for name in names for role in registry.roles(name)}):
         holders = [name for name in sorted(names) if role in registry.roles(name)]
         if len(holders) > 1:
             expected.append(f"{role} techniques: {names_list(holders)}; keep one")
+    effects = [effect for technique in techniques for effect in technique.effects]
+    expected += [f"named '{parse_effect(effect)[1]}' (each declares {effect})" for effect in sorted(set(effects))
+                 if parse_effect(effect)[0] in NAMED and effects.count(effect) > 1]
     for technique in techniques:
         expected += [f"selects {technique.name} and {other}, which cannot be used together"
                      for other in technique.conflicts if other in names]

@@ -193,6 +193,56 @@ def test_name_clash_marks_both_providers_broken():
     assert all("technique name clash: 'alpha' is provided by fake_ab and fake_other" in e for e in clash.values())
 
 
+def test_a_third_party_taking_a_built_in_name_is_the_broken_one_and_the_built_in_keeps_working(tmp_path):
+    """Discovery through the real entry points: prx's own "cfg" and a third party's module that
+    registers a "cfg" of its own."""
+    impostor = fake_module("prx_impostor", Technique(name="cfg", plugin=Plain), ALPHA)
+    registry = plugins.discover(only=["cfg"], extra_modules=[impostor])
+    assert registry.origins["cfg"][:2] == ("cfg", "prx_cfg.plugin") and registry.techniques["cfg"].config is not None
+    assert "alpha" in registry.techniques  # the impostor's other technique still loads
+    [broken] = registry.broken
+    assert broken.module == "prx_impostor"
+    assert broken.error.startswith("technique name clash: 'cfg' is prx's built-in technique (prx_cfg.plugin); this "
+                                   "plugin's technique of that name is not loaded. Rename it")
+    (tmp_path / "r.toml").write_text('plugins = ["cfg"]\n[cfg]\nscale = 2.0\n')
+    recipe = load_recipe(tmp_path / "r.toml", registry=registry)
+    techniques = TechniqueSet(recipe, registry, RunContext(recipe=recipe), MODEL)
+    _, guidance = techniques.call_one("prx_guidance", sample_config=recipe.sample, model_config=MODEL, router=None)
+    assert type(guidance).__module__ == "prx_cfg.guidance" and guidance.scale == 2.0
+
+
+def test_a_name_the_core_uses_is_refused_at_discovery():
+    registry = fake_registry(
+        fake_module("fake_term", Technique(name="term", plugin=Plain, effects=("loss_term:diffusion",))),
+        fake_module("fake_optimizer", Technique(name="opt", plugin=Plain, effects=("optimizer:adamw",))), MOD_AB)
+    errors = {b.module: b.error for b in registry.broken}
+    assert errors == {
+        "fake_term": "technique 'term' declares loss_term:diffusion, a name the core uses itself; choose another name",
+        "fake_optimizer": "technique 'opt' declares optimizer:adamw, a name the core uses itself; choose another name"}
+
+
+class Inert:
+    def __init__(self, config, context):
+        pass
+
+
+def test_two_techniques_declaring_one_loss_term_are_refused_at_validation_naming_both(tmp_path):
+    module = fake_module("fake_terms", *(Technique(name=name, plugin=Inert, effects=effects) for name, effects in (
+        ("left", ("loss_term:perceptual",)), ("right", ("loss_term:perceptual", "adds_module:head")),
+        ("third", ("adds_module:head",)), ("fine", ("loss_term:fine",)))))
+    registry = fake_registry(module)
+    (tmp_path / "r.toml").write_text('plugins = ["right", "left", "fine"]\n')
+    recipe = load_recipe(tmp_path / "r.toml", registry=registry)
+    with pytest.raises(RecipeError) as info:
+        TechniqueSet(recipe, registry, RunContext(recipe=recipe), MODEL)
+    assert str(info.value) == (
+        f"{tmp_path / 'r.toml'}: plugins selects left and right, which both add a loss term named 'perceptual' (each "
+        "declares loss_term:perceptual); one would hide the other: keep one, or rename one technique's.")
+    with pytest.raises(RecipeError, match=r"selects right and third, which both attach a module named 'head'"):
+        fake_set(["right", "third"], registry=registry)
+    assert fake_set(["left", "fine", "third"], registry=registry).names == ("fine", "left", "third")
+
+
 # --- TechniqueSet: selection checks ---------------------------------------------------------
 
 
