@@ -166,8 +166,9 @@ def prx_auxiliary_losses(phase: Phase, model: nn.Module, model_config: Any) -> l
     ``model`` is the denoiser with its ``extras`` (the modules ``prx_configure_model`` attached);
     ``model_config`` its resolved config.
 
-    Each returns ``{term: weighted scalar}``; the core sums them into the objective and logs
-    each term (and its share of step time) in ``metrics.jsonl``. A loss that reads hidden states
+    Each returns ``{term: weighted scalar}``, every value a 0-dim floating-point tensor (anything
+    else stops the run naming the technique and the loss); the core sums them into the objective
+    and logs each term (and its share of step time) in ``metrics.jsonl``. A loss that reads hidden states
     declares the blocks in its ``blocks`` attribute and finds their outputs in
     ``StepTensors.captured`` (with the route index when a block ran inside a route).
     """

@@ -5,11 +5,14 @@ selection the declarations rule out (:func:`~prx_core.registry.selection_problem
 instance per selected technique and registers the instances in a fresh manager.
 :meth:`TechniqueSet.call` calls a hook on them in technique-name order, so neither recipe order
 nor install order changes a result. Every call is recorded in the run's :class:`HookTrace`;
-:class:`TracedGuidance` records each guided sampling call there too.
+:class:`TracedGuidance` records each guided sampling call there too. An exception a technique's
+code raises (other than a :class:`~prx_core.errors.UserError` it wrote for the user) becomes a
+:class:`~prx_core.errors.PluginFailure` naming the technique and the hook (:meth:`TechniqueSet.failure`).
 """
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +22,7 @@ import torch
 from torch import nn
 
 from prx_core import hookspecs
-from prx_core.errors import PluginError, RecipeError
+from prx_core.errors import PluginError, PluginFailure, RecipeError, UserError
 from prx_core.model.config import DenoiserConfig
 from prx_core.recipe.errors_format import where
 from prx_core.registry import HOOK_NAMES, Registry, hook_problems, new_manager, qualname, selection_problems, spec_args
@@ -50,19 +53,29 @@ class HookTrace:
 
 
 class TracedGuidance:
-    """Wraps a technique's guidance so that each sampling call is recorded in the hook trace as
-    ``("use", "guidance", technique)`` at training step ``step``."""
+    """Wraps a technique's guidance so that a failure inside it names the technique
+    (:meth:`TechniqueSet.failure`) and, with a ``trace``, each sampling call is recorded in the
+    hook trace as ``("use", "guidance", technique)`` at training step ``step``."""
 
-    def __init__(self, guidance: Guidance, technique: str, trace: HookTrace, step: int):
+    def __init__(self, guidance: Guidance, technique: str, techniques: TechniqueSet, step: int,
+                 trace: HookTrace | None = None):
         self.guidance = guidance
         self.technique = technique
-        self.trace = trace
+        self.techniques = techniques
         self.step = step
+        self.trace = trace
 
     def __call__(self, predict: Predict, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                  uncond: Conditioning) -> torch.Tensor:
-        self.trace.record("use", "guidance", self.technique, self.step)
-        return self.guidance(predict, x_t, t, cond, uncond)
+        if self.trace is not None:
+            self.trace.record("use", "guidance", self.technique, self.step)
+        try:
+            return self.guidance(predict, x_t, t, cond, uncond)
+        except UserError:
+            raise
+        except Exception as err:
+            where = f"the guidance its hook prx_guidance returned, sampling after step {self.step}"
+            raise self.techniques.failure(self.technique, where, err) from err
 
 
 class TechniqueSet:
@@ -80,10 +93,9 @@ class TechniqueSet:
             raise RecipeError("\n\n".join(problems))
         self.names: tuple[str, ...] = tuple(sorted(set(recipe.plugins)))
         self.techniques: dict[str, Technique] = {name: registry.techniques[name] for name in self.names}
+        self.origins = {name: _origin(technique, registry) for name, technique in self.techniques.items()}
         self.configs: dict[str, Any] = {name: _config_for(recipe, t) for name, t in self.techniques.items()}
-        self.instances: dict[str, Any] = {
-            name: self.techniques[name].plugin(self.configs[name], context) for name in self.names
-        }
+        self.instances: dict[str, Any] = {name: self._build(name, context) for name in self.names}
         self.trace = HookTrace(log=context.log if os.environ.get(ENV_TRACE) == "1" else None)
         self.pm = new_manager()
         allowed = [hook for hook in HOOK_NAMES if hook != "prx_register_techniques"]
@@ -104,6 +116,15 @@ class TechniqueSet:
         found = [f"{where(recipe, name)}: {name}: {_sentence(text)}" for name, texts in checks for text in texts]
         if found:
             raise RecipeError("\n\n".join(found))
+
+    def _build(self, name: str, context: RunContext) -> Any:
+        """The plugin instance of technique ``name``: ``plugin(config, context)``."""
+        try:
+            return self.techniques[name].plugin(self.configs[name], context)
+        except UserError:
+            raise
+        except Exception as err:
+            raise self.failure(name, "its plugin class's constructor, plugin(config, context)", err) from err
 
     def call(self, hook: str, phase: Phase | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call ``hook`` on the active techniques (minus ``phase.disabled``) in technique-name order.
@@ -129,11 +150,28 @@ class TechniqueSet:
             missing = [arg for arg in impl.argnames if arg not in kwargs]
             if missing:
                 raise pluggy.HookCallError(f"{hook} must be called with {', '.join(missing)} (asked for by {name})")
-            result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            try:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except UserError:  # a message the technique wrote for the user
+                raise
+            except Exception as err:
+                raise self.failure(name, f"its hook {hook}", err) from err
             self.trace.record("hook", hook, name)
             if result is not None:
                 results.append((name, result))
         return results
+
+    def failure(self, technique: str, where: str, error: BaseException | None = None,
+                problem: str = "") -> PluginFailure:
+        """The :class:`PluginFailure` of ``technique`` in ``where`` (e.g. "its hook
+        prx_configure_model"): ``error`` it raised (its traceback is the failure's details), or
+        ``problem``, what it returned that the core cannot use."""
+        if error is not None:
+            problem = " ".join(f"{type(error).__name__}: {error}".split())
+            if len(problem) > 400:
+                problem = problem[:400] + " ..."
+        details = "".join(traceback.format_exception(error)) if error is not None else ""
+        return PluginFailure(technique, self.origins.get(technique, "?"), where, problem, details)
 
     def call_one(self, hook: str, phase: Phase | None = None, **kwargs: Any) -> tuple[str, Any]:
         """Call an exclusive hook (:data:`prx_core.hookspecs.EXCLUSIVE`): ``(technique, result)``
@@ -183,6 +221,12 @@ def _some(names: list[str], shown: int = 3) -> str:
 def _sentence(text: str) -> str:
     text = text.strip()
     return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _origin(technique: Technique, registry: Registry) -> str:
+    """Where a technique's code is: its plugin class and the version of its distribution."""
+    version = registry.origins.get(technique.name, ("", "", ""))[2]
+    return qualname(technique.plugin) + (f", version {version}" if version else "")
 
 
 def _config_for(recipe: Any, technique: Technique) -> Any:

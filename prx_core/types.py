@@ -108,7 +108,8 @@ class AuxiliaryLoss(Protocol):
     name: str
 
     def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
-        """Return ``{term name: weighted scalar}``; the core adds them to the objective."""
+        """Return ``{term name: weighted scalar}`` (0-dim floating-point tensors); the core adds
+        them to the objective."""
         ...
 
 

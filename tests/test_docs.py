@@ -125,7 +125,7 @@ def test_code_in_the_guide_is_the_example_packages_code():
 
 
 def test_trace_lines_in_the_guide_are_what_prx_trace_logs():
-    [block] = re.findall(r"```text\n(.*?)```", GUIDE, flags=re.S)
+    [block] = re.findall(r"```text\n(trace: .*?)```", GUIDE, flags=re.S)
     lines: list[str] = []
     trace = HookTrace(log=lines.append)
     for line in block.splitlines():

@@ -1,15 +1,17 @@
 """The ``prx`` command. Each sub-command lives in its own module with a ``register(subparsers)``
 function that adds its parser and sets ``func``; errors a user can fix exit with code 2 and one
-paragraph, never a traceback."""
+paragraph, never a traceback. A plugin's failure is one paragraph too, its traceback in the run's
+log.txt (or a file it names)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import sys
+import tempfile
 
 from prx_core.distributed import exit_process
-from prx_core.errors import UserError
+from prx_core.errors import PluginFailure, UserError
 
 COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost", "export", "bench")
 
@@ -31,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except PluginFailure as failure:
+        if failure.details and not failure.details_at:  # no run log to hold the traceback: a file of its own
+            with tempfile.NamedTemporaryFile("w", prefix="prx-plugin-failure-", suffix=".txt", delete=False) as file:
+                file.write(f"error: {failure}\n{failure.details}")
+            failure.details_at = file.name
+        print(f"error: {failure}", file=sys.stderr)
+        return failure.exit_code
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

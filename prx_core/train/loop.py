@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from prx_core import distributed as D
-from prx_core.checkpoint import CheckpointManager
+from prx_core.checkpoint import CheckpointManager, select_checkpoint
 from prx_core.console import RunConsole, format_skipped, skipped_samples
 from prx_core.data.schedule import phase_at
-from prx_core.errors import UserError, WeightsNotFoundError
+from prx_core.errors import PluginFailure, UserError, WeightsNotFoundError
 from prx_core.evaluation.prompt_following import evaluate
 from prx_core.evaluation.prompts import eval_scenes
 from prx_core.generate import generate, save_grid
@@ -31,6 +31,7 @@ from prx_core.train.periodic_eval import curve_line, eval_due, evaluate_during_t
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.preflight import check_local
 from prx_core.train.sinks import Sinks, run_facts, run_name
+from prx_core.train.stopping import report_failure
 from prx_core.train.trainer import Trainer
 from prx_core.types import Guidance, RunContext, RunStart, SampleGrid
 
@@ -71,7 +72,8 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     Everything that can refuse the recipe runs before the run folder is created: this machine's
     checks (device, text encoder, data, metric networks), the techniques' checks, the plan, and the
     set-up of the text encoder, the model and the teachers. Lines logged meanwhile go into
-    ``log.txt`` once it exists."""
+    ``log.txt`` once it exists. A plugin's failure is raised as a :class:`PluginFailure` whose
+    traceback is in ``log.txt`` (prx_core.train.stopping)."""
     check_local(recipe)
     info = D.init_distributed(recipe.distributed, recipe.train.device)
     folder = RunFolder(run_dir)
@@ -79,6 +81,18 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
         raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
                         f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
     console = RunConsole(0, enabled=info.is_main, interactive=interactive)
+    try:
+        return _train(recipe, registry, folder, resume, info, console)
+    except PluginFailure as failure:
+        report_failure(failure, console, folder.root, info.is_main)
+        raise
+    finally:
+        if console.log_file is not None:
+            console.log_file.close()
+
+
+def _train(recipe: Recipe, registry: Registry, folder: RunFolder, resume: bool, info: D.DistInfo,
+           console: RunConsole) -> Path:
     context = RunContext(recipe, recipe.seed, info.rank, info.world_size, info.device, console.log)
     config = model_config(recipe)
     techniques = TechniqueSet(recipe, registry, context, config)
@@ -122,9 +136,9 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     window_start, window_steps = time.monotonic(), 0
     last_phase, batches = None, None
     reported_skips: dict[str, int] = {}
-    sinks = open_sinks(recipe, registry, techniques, trainer, info, folder, total_steps, resume, console)
-    status = "failed"
+    sinks, status, training = Sinks([]), "failed", False
     try:
+        sinks = open_sinks(recipe, registry, techniques, trainer, info, folder, total_steps, resume, console)
         if trainer.step >= total_steps:  # a finished run resumed: only the final samples, eval and summary remain
             trainer.start_phase(phases[-1], len(phases) - 1)
         with console, Interrupted() as interrupted:
@@ -140,6 +154,7 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
                                 f"{micro[phase.name]} accumulation, until step {sum(p.steps for p in phases[:index + 1])}")
                     last_phase = index
                 log_now = (trainer.step + 1) % recipe.train.log_every == 0 or trainer.step + 1 == total_steps
+                training = True
                 metrics = trainer.train_step(batches, micro[phase.name], timed=log_now)
                 window_steps += 1
                 out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
@@ -192,12 +207,19 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except PluginFailure as failure:
+        if not training:
+            raise
+        failure.exit_code = 1
+        good = select_checkpoint(folder.checkpoints, hashes=False).folder
+        failure.notes.append(f"The run stopped after step {trainer.step}; "
+                             + (f"its last checkpoint, {good}, is intact: --resume continues from it once the plugin "
+                                "is fixed." if good is not None else "it had written no checkpoint yet."))
+        raise
     finally:
         sinks.close(status, console.log)
         if data is not None:
             data.close()
-        if console.log_file is not None:
-            console.log_file.close()
         D.shutdown()
     return folder.root
 
@@ -220,13 +242,15 @@ def read_metrics(metrics: dict[str, torch.Tensor], trainer: Trainer, info: D.Dis
 
 
 def resolve_guidance(trainer: Trainer, recipe: Recipe) -> Guidance | None:
-    """The guidance technique's guidance (None: plain conditional sampling), recorded in the hook
-    trace on each use when the trainer traces per-step uses."""
+    """The guidance technique's guidance (None: plain conditional sampling), wrapped so that a
+    failure inside it names the technique, and recorded in the hook trace on each use when the
+    trainer traces per-step uses."""
     technique, guidance = trainer.techniques.call_one(
         "prx_guidance", sample_config=recipe.sample, model_config=trainer.model_config, router=trainer.router)
-    if guidance is None or not trainer.trace_steps:
-        return guidance
-    return TracedGuidance(guidance, technique, trainer.techniques.trace, trainer.step)
+    if guidance is None:
+        return None
+    trace = trainer.techniques.trace if trainer.trace_steps else None
+    return TracedGuidance(guidance, technique, trainer.techniques, trainer.step, trace)
 
 
 def open_sinks(recipe: Recipe, registry: Registry, techniques: TechniqueSet, trainer: Trainer, info: D.DistInfo,

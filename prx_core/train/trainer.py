@@ -25,17 +25,18 @@ from torch.distributed.tensor import DTensor
 from prx_core import distributed as D
 from prx_core.data.loader import Batch
 from prx_core.ema import EMA
-from prx_core.errors import PluginError, RecipeError
+from prx_core.errors import PluginError, RecipeError, UserError
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.objective import add_noise, sample_time, v_space_loss
 from prx_core.recipe.schema import Recipe
+from prx_core.registry import qualname
 from prx_core.techniques import ENV_TRACE, TechniqueSet
 from prx_core.text import TextEncoder, check_text_width
 from prx_core.train.divergence import DivergenceMonitor
 from prx_core.train.nonfinite import nonfinite_flag, step_unless
 from prx_core.train.initial_weights import load_initial_weights
 from prx_core.train.randomness import draw
-from prx_core.types import AuxiliaryLoss, Conditioning, Phase, Router, StepTensors
+from prx_core.types import AuxiliaryLoss, Conditioning, Phase, Router, RoutePlan, StepTensors
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -55,10 +56,12 @@ class CompiledLoss:
     name: str
     blocks: tuple[int, ...]
     call: Callable[[StepTensors], dict[str, torch.Tensor]]
+    wraps: type
+    """The technique's loss class (named when it fails)."""
 
     @classmethod
     def of(cls, loss: AuxiliaryLoss) -> CompiledLoss:
-        return cls(loss.name, tuple(getattr(loss, "blocks", ())), torch.compile(loss.__call__))
+        return cls(loss.name, tuple(getattr(loss, "blocks", ())), torch.compile(loss.__call__), type(loss))
 
     def __call__(self, step: StepTensors) -> dict[str, torch.Tensor]:
         return self.call(step)
@@ -83,11 +86,19 @@ class Trainer:
         if initial_weights:
             load_initial_weights(denoiser, recipe, text_encoder.dim)
         denoiser.activation_checkpointing = recipe.model.activation_checkpointing
-        for _, modules in techniques.call("prx_configure_model", model=denoiser, recipe=recipe,
-                                          model_config=self.model_config):
+        attached: dict[str, str] = {}
+        for owner, modules in techniques.call("prx_configure_model", model=denoiser, recipe=recipe,
+                                              model_config=self.model_config):
+            where = "its hook prx_configure_model"
+            if not isinstance(modules, dict) or not all(
+                    isinstance(k, str) and isinstance(m, torch.nn.Module) for k, m in modules.items()):
+                raise techniques.failure(owner, where, problem=f"it returned {modules!r:.120}, not a dict of name -> "
+                                         "torch.nn.Module (return {} to attach nothing)")
             for name, module in modules.items():
-                if name in denoiser.extras:
-                    raise RecipeError(f"two techniques attach a module named '{name}' to the model.")
+                if name in attached:
+                    raise techniques.failure(owner, where, problem=f"it attaches a module named '{name}', which "
+                                             f"technique '{attached[name]}' attaches too; rename one")
+                attached[name] = owner
                 denoiser.extras[name] = module
         self.denoiser = denoiser.to(self.device)
         self.autocast = autocast_dtype(recipe.train.precision, self.device)
@@ -186,20 +197,24 @@ class Trainer:
         x_t = add_noise(x0, draws.noise, t)
         cond = self._conditioning(batch, draws.drop)
         patch = self.model_config.patch
-        route = self.router.plan(b, (height // patch, width // patch), self.step, self.device) if self.router else ()
+        route = self._route(b, (height // patch, width // patch)) if self.router else ()
         trace = self.techniques.trace if self.trace_steps else None
         if trace is not None and self.router:
             trace.record("use", "router.plan", self.router_owner, self.step)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             x0_hat, captured = self.forward(x_t, t, cond.tokens, cond.mask, route, self.capture)
             terms = {"diffusion": self.objective_loss(x0_hat, x0, x_t, t, self.recipe.objective.loss_t_floor)}
+            owners = {"diffusion": "the core objective"}
             tensors = StepTensors(x0, x_t, t, x0_hat, captured, route, patch, self.step)
             for i, aux in enumerate(self.aux_losses):
                 start = time.perf_counter() if timed else 0.0
-                for name, value in aux(tensors).items():
+                for name, value in self._loss_terms(self.aux_owners[i], aux, tensors).items():
                     if name in terms:
-                        raise RecipeError(f"two losses are named '{name}'; rename one in its technique.")
-                    terms[name] = value.float()
+                        raise self.techniques.failure(
+                            self.aux_owners[i], self._loss_where(aux),
+                            problem=f"it returned the term '{name}', which {owners[name]} returns too; declare each "
+                            "term as a loss_term effect and give it a name of its own")
+                    terms[name], owners[name] = value.float(), f"technique '{self.aux_owners[i]}'"
                     if trace is not None:
                         trace.record("use", f"loss_term:{name}", self.aux_owners[i], self.step)
                 if timed:
@@ -208,6 +223,43 @@ class Trainer:
         total = sum(terms.values())
         (total * scale).backward()
         return {name: value.detach() for name, value in terms.items()}
+
+    def _route(self, batch: int, grid: tuple[int, int]) -> RoutePlan:
+        """The phase router's plan for this micro-batch; a failure inside it names its technique."""
+        try:
+            return self.router.plan(batch, grid, self.step, self.device)
+        except UserError:
+            raise
+        except Exception as err:
+            where = f"the router its hook prx_routing returned, during step {self.step + 1}"
+            raise self.techniques.failure(self.router_owner, where, err) from err
+
+    def _loss_where(self, loss: AuxiliaryLoss) -> str:
+        kind = loss.wraps if isinstance(loss, CompiledLoss) else type(loss)
+        return f"its loss '{getattr(loss, 'name', '?')}' ({qualname(kind)}) during step {self.step + 1}"
+
+    def _loss_terms(self, owner: str, loss: AuxiliaryLoss, tensors: StepTensors) -> dict[str, torch.Tensor]:
+        """``loss(tensors)``, checked: a dict of term name -> scalar (0-dim) floating-point tensor.
+        A loss that raises or returns anything else is a :class:`PluginFailure` of ``owner``
+        (checked on the tensors' metadata only: no host read)."""
+        where = self._loss_where(loss)
+        try:
+            terms = loss(tensors)
+        except UserError:
+            raise
+        except Exception as err:
+            raise self.techniques.failure(owner, where, err) from err
+        if not isinstance(terms, dict) or not terms:
+            raise self.techniques.failure(owner, where, problem=f"it returned {terms!r:.120}; a loss returns a "
+                                          "non-empty dict of term name -> scalar tensor")
+        for name, value in terms.items():
+            if not isinstance(value, torch.Tensor) or value.ndim != 0 or not value.is_floating_point():
+                got = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                       else f"a {type(value).__name__}")
+                raise self.techniques.failure(owner, where, problem=(
+                    f"it returned the term '{name}' as {got}; a loss term is a 0-dim floating-point tensor (reduce "
+                    "it over the batch with .mean(), and keep it a tensor so that it has a gradient)"))
+        return terms
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

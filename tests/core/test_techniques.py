@@ -2,13 +2,15 @@
 checks on instances, recipe checks, order-free calls, the hook trace and optimizer claims."""
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 from fake_techniques import ALPHA, BETA, MOD_AB, PHASE, AlphaConfig, Misspelled, fake_module, fake_registry, fake_set
 from torch import nn
 
 from prx_core import registry as plugins
-from prx_core.errors import PluginError, RecipeError
+from prx_core.errors import PluginError, PluginFailure, RecipeError, WeightsNotFoundError
+from prx_core.hookspecs import hookimpl
 from prx_core.techniques import ENV_TRACE
 from prx_core.types import OptimizerClaim, Phase, Technique
 
@@ -25,6 +27,42 @@ def test_misspelled_hook_on_an_instance_is_caught():
 def test_prx_check_recipe_problems_raise():
     with pytest.raises(RecipeError, match=r"alpha: \[alpha\] ratio must be at most 1\."):
         fake_set(["alpha"], alpha=AlphaConfig(ratio=2.0))
+
+
+class Fragile:
+    """Raises in its constructor, or in prx_cost, as its config says; a UserError it means for the user."""
+
+    def __init__(self, config, context):
+        if config.where == "constructor":
+            raise KeyError("missing")
+        self.where = config.where
+
+    @hookimpl
+    def prx_cost(self, phase):
+        if self.where == "cost":
+            return [1 / 0]
+        if self.where == "user":
+            raise WeightsNotFoundError("Teacher 'x' is not on this machine: download it first.")
+        return []
+
+
+@pytest.mark.parametrize(("where", "words", "line"), [
+    ("constructor", "its plugin class's constructor, plugin(config, context): KeyError: 'missing'",
+     "raise KeyError(\"missing\")"),
+    ("cost", "its hook prx_cost: ZeroDivisionError: division by zero", "return [1 / 0]"),
+])
+def test_an_exception_in_a_techniques_code_is_a_plugin_failure_naming_it_and_the_hook(where, words, line):
+    config = attrs.make_class("FragileConfig", {"where": attrs.field(default="")})
+    registry = fake_registry(fake_module("fake_fragile", Technique(name="fragile", plugin=Fragile, config=config)))
+    with pytest.raises(PluginFailure) as info:
+        fake_set(["fragile"], registry=registry, fragile=config(where=where)).call("prx_cost", phase=PHASE)
+    failure = info.value
+    assert (failure.technique, failure.exit_code) == ("fragile", 2)
+    assert str(failure).startswith(f"technique 'fragile' ({__name__}.Fragile) failed in {words}. This is a fault of "
+                                   "the plugin, not of the recipe")
+    assert "Traceback (most recent call last):" in failure.details and line in failure.details
+    with pytest.raises(WeightsNotFoundError, match="^Teacher 'x' is not on this machine"):  # the plugin's own message
+        fake_set(["fragile"], registry=registry, fragile=config(where="user")).call("prx_cost", phase=PHASE)
 
 
 # --- TechniqueSet: calls --------------------------------------------------------------------
