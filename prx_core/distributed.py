@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -189,6 +190,9 @@ def exit_process(entry: Callable[[], int | None]) -> NoReturn:
     without an active exception", SIGABRT, a failed run after a successful one. Whether the worker
     is that late depends on scheduling, so it struck at random, more often on a loaded machine.
     Without finalization no thread can be ended that way. A single process exits normally.
+
+    Once ``entry`` has returned, SIGINT and SIGTERM are ignored: the command is over, and a late
+    Ctrl-C must not turn its exit (with the code it chose) into a kill.
     """
     try:
         code = entry()
@@ -200,6 +204,8 @@ def exit_process(entry: Callable[[], int | None]) -> NoReturn:
         traceback.print_exc()
         code = 1
     code = 0 if code is None else code
+    for number in (signal.SIGINT, signal.SIGTERM):  # the command is over: a late Ctrl-C must not cut the exit short
+        signal.signal(number, signal.SIG_IGN)
     if not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1

@@ -57,3 +57,16 @@ class PluginFailure(PluginError):
             text += f" The full traceback is in {self.details_at}."
         return text
 
+
+class RunInterrupted(Exception):
+    """A run stopped by a signal (Ctrl-C, SIGTERM) after it said what it saved; not an error of
+    the input. The process exits with ``128 + signum``, as a shell reports a process a signal
+    ended, so that a script or scheduler sees that the run did not finish."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

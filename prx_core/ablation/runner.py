@@ -31,6 +31,9 @@ from prx_core.runfolder import SUMMARY
 
 DEFAULT_LAUNCHER = (sys.executable, "-m", "prx_core")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+INTERRUPTED_CODES = {code for number in (signal.SIGINT, signal.SIGTERM) for code in (128 + number, -number)}
+"""Exit codes of a ``prx run`` that a signal stopped: 128 + the signal when it stopped itself
+(having checkpointed), minus the signal when it was killed by it."""
 
 
 @attrs.frozen
@@ -179,7 +182,7 @@ def run_ablation(
                     if process.returncode == 0 and run_state(folder, spec) == "finished":
                         status = "finished"
                     else:
-                        status = "interrupted" if process.returncode == 0 else "failed"
+                        status = "interrupted" if process.returncode in INTERRUPTED_CODES else "failed"
                     outcome = RunOutcome(spec, status, time.monotonic() - started, process.returncode, str(log))
                     outcomes[spec.directory] = outcome
                     progress.finished(outcome)

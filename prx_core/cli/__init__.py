@@ -1,17 +1,22 @@
 """The ``prx`` command. Each sub-command lives in its own module with a ``register(subparsers)``
 function that adds its parser and sets ``func``; errors a user can fix exit with code 2 and one
 paragraph, never a traceback. A plugin's failure is one paragraph too, its traceback in the run's
-log.txt (or a file it names)."""
+log.txt (or a file it names); an interrupted command exits with 128 + the signal (130 for Ctrl-C).
+
+This module imports nothing heavy when it loads, so that Ctrl-C while torch is still importing is
+an interruption like any other, not a traceback."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import signal
 import sys
 import tempfile
 
-from prx_core.distributed import exit_process
-from prx_core.errors import PluginFailure, UserError
+from prx_core.errors import PluginFailure, RunInterrupted, UserError
+
+INTERRUPTED = 128 + signal.SIGINT
 
 COMMANDS = ("run", "sample", "eval", "recipe", "plugins", "data", "ablate", "report", "cost", "export", "bench")
 
@@ -30,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except PluginFailure as failure:
         if failure.details and not failure.details_at:  # no run log to hold the traceback: a file of its own
@@ -43,9 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:  # the run said what it saved
+        return stop.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def entry() -> None:
     """The ``prx`` console script and ``python -m prx_core``: :func:`main`, then the exit that
     is safe under torchrun (:func:`prx_core.distributed.exit_process`)."""
+    try:
+        from prx_core.distributed import exit_process
+    except KeyboardInterrupt:  # Ctrl-C while torch imports
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
     exit_process(main)

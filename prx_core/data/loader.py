@@ -13,10 +13,16 @@ Everything that decides which sample comes next runs in the main process, from t
 rank and the state, so the stream does not depend on the number of workers, and
 ``state_dict()`` / ``load_state_dict()`` resume it exactly (the saved state also carries over a
 phase boundary: see :mod:`prx_core.data.batcher`).
+
+The worker processes leave stopping to the process that owns them: they start with SIGINT and
+SIGTERM blocked, so Ctrl-C in a terminal or a scheduler's SIGTERM, which reach every process of
+the group, stop the run (which checkpoints, then ends its workers) and not the workers under it.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -191,7 +197,8 @@ class TrainLoader:
             if root_state is not None and self._root is not self._batcher:
                 root_state = {"snapshot": root_state, "steps_since_snapshot": 0}
             previous, before = self._workers, set(multiprocessing.active_children())
-            self._root.reset(root_state)  # stops the previous workers (if any), starts new ones
+            with _signals_blocked():  # which the new workers inherit
+                self._root.reset(root_state)  # stops the previous workers (if any), starts new ones
             self._workers = set(multiprocessing.active_children()) - before
             _terminate(previous)
             self._started = True
@@ -245,15 +252,31 @@ class TrainLoader:
         self._workers = set()
 
 
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread meanwhile: processes started now inherit the
+    mask (through fork and exec alike). One that arrives meanwhile waits and reaches this process
+    when the block ends: it is not lost."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process-group signals to shield from
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _terminate(workers: set[multiprocessing.process.BaseProcess]) -> None:
     """End worker processes that outlived torchdata's shutdown.
 
     torchdata asks its workers to stop and waits 0.5 s for them; a worker whose result is still
     in its queue's pipe (a large image nobody will read now) cannot exit by itself, so it is
-    terminated. Workers hold nothing that needs flushing.
+    killed (SIGKILL: it blocks SIGTERM, see the module docstring). Workers hold nothing that needs
+    flushing.
     """
     for worker in workers:
         if worker.is_alive():
-            worker.terminate()
+            worker.kill()
     for worker in workers:
         worker.join(timeout=5)

@@ -12,7 +12,7 @@ from prx_core import distributed as D
 from prx_core.checkpoint import CheckpointManager, select_checkpoint
 from prx_core.console import RunConsole, format_skipped, skipped_samples
 from prx_core.data.schedule import phase_at
-from prx_core.errors import PluginFailure, UserError, WeightsNotFoundError
+from prx_core.errors import PluginFailure, RunInterrupted, UserError, WeightsNotFoundError
 from prx_core.evaluation.prompt_following import evaluate
 from prx_core.evaluation.prompts import eval_scenes
 from prx_core.generate import generate, save_grid
@@ -31,31 +31,9 @@ from prx_core.train.periodic_eval import curve_line, eval_due, evaluate_during_t
 from prx_core.train.phase_data import PhaseData
 from prx_core.train.preflight import check_local
 from prx_core.train.sinks import Sinks, run_facts, run_name
-from prx_core.train.stopping import report_failure
+from prx_core.train.stopping import Signals, report_failure, stopped_at_once
 from prx_core.train.trainer import Trainer
 from prx_core.types import Guidance, RunContext, RunStart, SampleGrid
-
-
-class Interrupted:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self):
-        self.flag = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.flag:  # a second Ctrl-C aborts at once
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def sampling_model(trainer: Trainer) -> PRXDenoiser:
@@ -72,27 +50,34 @@ def run_training(recipe: Recipe, registry: Registry, run_dir: Path, resume: bool
     Everything that can refuse the recipe runs before the run folder is created: this machine's
     checks (device, text encoder, data, metric networks), the techniques' checks, the plan, and the
     set-up of the text encoder, the model and the teachers. Lines logged meanwhile go into
-    ``log.txt`` once it exists. A plugin's failure is raised as a :class:`PluginFailure` whose
-    traceback is in ``log.txt`` (prx_core.train.stopping)."""
-    check_local(recipe)
-    info = D.init_distributed(recipe.distributed, recipe.train.device)
-    folder = RunFolder(run_dir)
-    if not resume and CheckpointManager(folder.checkpoints).holds_checkpoints():
-        raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
-                        f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
-    console = RunConsole(0, enabled=info.is_main, interactive=interactive)
-    try:
-        return _train(recipe, registry, folder, resume, info, console)
-    except PluginFailure as failure:
-        report_failure(failure, console, folder.root, info.is_main)
-        raise
-    finally:
-        if console.log_file is not None:
-            console.log_file.close()
+    ``log.txt`` once it exists. A run stopped by a signal raises :class:`RunInterrupted` after
+    saying what it saved (prx_core.train.stopping); a plugin's failure is raised as a
+    :class:`PluginFailure` whose traceback is in ``log.txt``."""
+    with Signals() as signals:
+        check_local(recipe)
+        info = D.init_distributed(recipe.distributed, recipe.train.device)
+        signals.announce = info.is_main
+        folder = RunFolder(run_dir)
+        if not resume and CheckpointManager(folder.checkpoints).holds_checkpoints():
+            raise UserError(f"run folder {folder.root} already holds checkpoints. Continue it with --resume, or start "
+                            f"a new run with --run-dir DIR (or --set name=NEW_NAME), or delete the folder.")
+        console = RunConsole(0, enabled=info.is_main, interactive=interactive)
+        try:
+            return _train(recipe, registry, folder, resume, info, console, signals)
+        except PluginFailure as failure:
+            report_failure(failure, console, folder.root, info.is_main)
+            raise
+        except KeyboardInterrupt:  # during start-up (the loop turns its own into RunInterrupted)
+            message = stopped_at_once(0, False, folder.checkpoints)
+            console.log(message)
+            raise RunInterrupted(message, signals.signum or signal.SIGINT) from None
+        finally:
+            if console.log_file is not None:
+                console.log_file.close()
 
 
 def _train(recipe: Recipe, registry: Registry, folder: RunFolder, resume: bool, info: D.DistInfo,
-           console: RunConsole) -> Path:
+           console: RunConsole, signals: Signals) -> Path:
     context = RunContext(recipe, recipe.seed, info.rank, info.world_size, info.device, console.log)
     config = model_config(recipe)
     techniques = TechniqueSet(recipe, registry, context, config)
@@ -139,9 +124,10 @@ def _train(recipe: Recipe, registry: Registry, folder: RunFolder, resume: bool, 
     sinks, status, training = Sinks([]), "failed", False
     try:
         sinks = open_sinks(recipe, registry, techniques, trainer, info, folder, total_steps, resume, console)
+        signals.train()
         if trainer.step >= total_steps:  # a finished run resumed: only the final samples, eval and summary remain
             trainer.start_phase(phases[-1], len(phases) - 1)
-        with console, Interrupted() as interrupted:
+        with console:
             while trainer.step < total_steps:
                 index, _ = phase_at(phases, trainer.step)
                 phase = phases[index]
@@ -159,7 +145,7 @@ def _train(recipe: Recipe, registry: Registry, folder: RunFolder, resume: bool, 
                 window_steps += 1
                 out_of_time = recipe.train.max_wall_s is not None and time.monotonic() - started >= recipe.train.max_wall_s
                 due = (trainer.step % recipe.train.checkpoint_every == 0 or trainer.step == total_steps
-                       or interrupted.flag or out_of_time)
+                       or signals.signum or out_of_time)
                 # The run's health lives on the device (no host read per step): it is read at log
                 # steps and when a checkpoint is due or waiting, so a divergence stops the run at
                 # most log_every steps late and never reaches a checkpoint.
@@ -190,23 +176,26 @@ def _train(recipe: Recipe, registry: Registry, folder: RunFolder, resume: bool, 
                     started += time.monotonic() - paused  # the training clock stops while evaluating
                     window_start += time.monotonic() - paused
                 saved = checkpoints.offer(health) if due or checkpoints.pending else True
-                if (out_of_time or interrupted.flag or trainer.step == total_steps) and not saved:
+                if (out_of_time or signals.signum or trainer.step == total_steps) and not saved:
                     console.log(checkpoints.unsaved_note())
                 if out_of_time:
                     console.log(f"[train] max_wall_s = {recipe.train.max_wall_s} reached at step {trainer.step}")
                     break
-                if interrupted.flag:
-                    console.log(f"interrupted at step {trainer.step}; continue with: prx run ... --resume")
+                if signals.signum:
+                    message = f"interrupted at step {trainer.step}; continue with: prx run ... --resume"
+                    console.log(message)
                     status = "interrupted"
-                    return folder.root
+                    raise RunInterrupted(message, signals.signum)
         finish(trainer, folder, recipe, info, console, started, phases, sinks)
         status = "finished"
         # Rank 0 evaluates alone; the others wait for it so that every rank takes its process
         # group down together (once, a gloo rank that left early aborted at exit in the tests).
         D.barrier(info)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second signal (or one during set-up): stop at once
         status = "interrupted"
-        raise
+        message = stopped_at_once(trainer.step, training, folder.checkpoints)
+        console.log(message)
+        raise RunInterrupted(message, signals.signum or signal.SIGINT) from None
     except PluginFailure as failure:
         if not training:
             raise
@@ -217,6 +206,7 @@ def _train(recipe: Recipe, registry: Registry, folder: RunFolder, resume: bool, 
                                 "is fixed." if good is not None else "it had written no checkpoint yet."))
         raise
     finally:
+        signals.close()
         sinks.close(status, console.log)
         if data is not None:
             data.close()

@@ -240,7 +240,8 @@ def test_flatten_eval():
 
 FAKE_RUN = textwrap.dedent('''
     """Stands in for `python -m prx_core run`: logs its call, writes metrics, and (when the seed is
-    in $FAKE_FAIL_SEEDS and --resume is absent) dies half-way without summary.json."""
+    in $FAKE_FAIL_SEEDS and --resume is absent) exits half-way without summary.json, with the
+    code $FAKE_FAIL_CODE (default 3)."""
     import json, os, pathlib, sys
     args = sys.argv[1:]
     assert args[0] == "run", args
@@ -257,7 +258,7 @@ FAKE_RUN = textwrap.dedent('''
             f.write(json.dumps({"step": step, "phase": "train", "wall_s": 0.1 * step, "loss": 1.0 / step,
                                 "loss/diffusion": 1.0 / step, "images_per_s": 50.0 + seed}) + "\\n")
     if str(seed) in os.environ.get("FAKE_FAIL_SEEDS", "").split(",") and not resume:
-        sys.exit(3)
+        sys.exit(int(os.environ.get("FAKE_FAIL_CODE", "3")))
     summary = {"name": run_dir.name, "plugins": [], "seed": seed, "steps": 2, "wall_s": 0.2,
                "images_per_s": 50.0 + seed, "peak_mem_mb": 1.0, "final": {"loss": 0.5, "loss/diffusion": 0.5},
                "eval": {"step": 2, "prompt_following": {"overall": 0.5}}}
@@ -312,6 +313,18 @@ def test_resume_of_a_half_finished_ablation(tmp_path, fake_run, monkeypatch):
     assert all(run_state(folder, s) == "finished" for s in specs)
     third = run_ablation(folder, "recipe.toml", specs, resume=True, launcher=launcher, console=quiet())
     assert {o.status for o in third} == {"skipped"} and len(read_calls()) == before + 2
+
+
+@pytest.mark.parametrize("code", [130, 143], ids=["SIGINT", "SIGTERM"])
+def test_a_run_that_a_signal_stopped_is_interrupted_not_failed(tmp_path, fake_run, monkeypatch, code):
+    launcher, _ = fake_run
+    factors = tuple(parse_vary(["tread"]))
+    plan = AblationPlan("recipe.toml", "one-at-a-time", factors, (0, 1), "steps", (),
+                        tuple(design_variants((), factors, "one-at-a-time")))
+    monkeypatch.setenv("FAKE_FAIL_SEEDS", "1")
+    monkeypatch.setenv("FAKE_FAIL_CODE", str(code))  # what prx run exits with after a signal and its checkpoint
+    outcomes = run_ablation(tmp_path / "ablation", "recipe.toml", plan.runs(), launcher=launcher, console=quiet())
+    assert [(o.status, o.returncode) for o in outcomes] == [("finished", 0)] * 2 + [("interrupted", code)] * 2
 
 
 def test_parallel_beyond_the_cores_is_refused(tmp_path, fake_run):
