@@ -239,10 +239,10 @@ def run_cluster(folder: Path, recipe: str, specs: Sequence[RunSpec], options: Sl
                         options.gpus_per_job, options.nodes, options.cpus_per_gpu) for spec in to_submit]
         with executor.batch():
             pending = [executor.submit(call) for call in calls]
-        for spec, job in zip(to_submit, pending):
+        for call, job in zip(calls, pending):  # the job's own flag: by now a fast job may have finished
             submitted[job.job_id] = job
-            jobs[spec.directory] = {"job_id": job.job_id, "resume": run_state(folder, spec) == "partial",
-                                    "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}
+            jobs[call.spec.directory] = {"job_id": job.job_id, "resume": call.resume,
+                                         "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write_jobs(folder, jobs)
         console.print(f"submitted {len(to_submit)} run(s) as {options.cluster} job(s) "
                       + ", ".join(job.job_id for job in pending) + f"; job ids in {folder / JOBS_FILE}", markup=False)
