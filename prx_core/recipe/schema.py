@@ -178,8 +178,8 @@ class TrainConfig:
     Divergence (see prx_core.train.divergence): a run stops, without writing a checkpoint from the
     bad state, when ``max_nonfinite_in_row`` optimizer steps in a row had a non-finite loss or
     gradient, when the weights or their EMA stop being finite, when one optimizer step multiplies
-    the weights' norm by more than ``max_weight_growth`` (0: never), or when the loss has stayed
-    above ``spike_factor`` times its running median (over the last ``spike_window`` steps of the
+    the weights' norm by more than ``max_weight_growth`` (0: never), or when the diffusion loss
+    has stayed above ``spike_factor`` times its running median (over the last ``spike_window`` steps of the
     phase) for ``spike_steps`` steps in a row (0: never). A checkpoint falling due while the loss
     is above that line waits until it is below again."""
 

@@ -69,10 +69,9 @@ class Checkpointing:
             return True
         if not health.settled:
             if not self.pending:
-                what = ("non-finite" if health.nonfinite_streak else
-                        f"above {self.trainer.recipe.train.spike_factor:g} x its running median")
-                self.log(f"checkpoint of step {step} waits: the loss is {what}; it is written at the first step where "
-                         "it is not")
+                what = ("the loss is non-finite" if health.nonfinite_streak else
+                        f"the diffusion loss is above {self.trainer.recipe.train.spike_factor:g} x its running median")
+                self.log(f"checkpoint of step {step} waits: {what}; it is written at the first step where it is not")
             self.pending = True
             return False
         problem = self.trainer.health.state_problem(self.trainer.ema.shadow, self.info)

@@ -12,9 +12,11 @@ A run has diverged, and stops without writing a checkpoint from the bad state, w
    ``max_weight_growth`` (2 by default; 0 turns it off). Healthy steps move it by far less: at
    most 0.03 % per step on the tiny test recipe at its learning rate, 3 % at thirty times that
    rate. A learning rate of 1e6 multiplies it by millions in one step;
-3. **the loss spikes**: the loss has been above ``spike_factor`` (3) times the median of the
-   previous ``spike_window`` (100) finite losses of the phase for ``spike_steps`` (20) steps in
-   a row (0 turns it off; judged once half the window is filled). Per-step diffusion losses are
+3. **the loss spikes**: the diffusion loss (the core objective's term) has been above
+   ``spike_factor`` (3) times the median of the previous ``spike_window`` (100) finite values of
+   the phase for ``spike_steps`` (20) steps in a row (0 turns it off; judged once half the window
+   is filled). Not the total loss: a technique's term may be negative (REPA's is a negative cosine
+   similarity), so the total can sit below zero, where "three times the median" means nothing. Per-step diffusion losses are
    heavy-tailed (v-space weights small noise levels by 1/t²): on the tiny recipe one step in ten
    is above three times the running median, but never more than two in a row, so twenty in a row
    is an instability, not noise. llm-foundry's KillLossSpike has the same shape (twice the
@@ -91,7 +93,7 @@ class Health:
             return (f"{config.max_nonfinite_in_row} optimizer steps in a row, from step {self.nonfinite_from}, had a "
                     "non-finite loss or gradient"), self.nonfinite_from
         if self.spike_from:
-            return (f"the loss stayed above [train] spike_factor = {config.spike_factor:g} x its running median "
+            return (f"the diffusion loss stayed above [train] spike_factor = {config.spike_factor:g} x its running median "
                     f"({self.spike_median:.4g}) for {config.spike_steps} steps in a row from step {self.spike_from}"
                     ), self.spike_from
         return None

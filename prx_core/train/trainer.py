@@ -288,7 +288,9 @@ class Trainer:
                 group["lr"] = group["initial_lr"] * factor
             step_unless(opt, found_inf)
             opt.zero_grad(set_to_none=True)
-        bad_update = self.health.record(self.step + 1, loss, found_inf)
+        # Spikes are judged on the core objective's term: a non-negative error, while the total
+        # may be negative (REPA's term is a negative cosine similarity), where "factor x median" means nothing.
+        bad_update = self.health.record(self.step + 1, sums["diffusion"], found_inf)
         self.step += 1
         self.ema.update(self.step, skip=torch.maximum(found_inf, bad_update))
         metrics = {"loss": loss, **{f"loss/{k}": v for k, v in sums.items()}, "grad_norm": grad_norm}

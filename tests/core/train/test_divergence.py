@@ -124,7 +124,7 @@ def test_a_loss_spike_stops_the_run_and_resume_passes_over_the_checkpoint_it_sta
     assert prx_run(run_dir, *SPIKES) == 2
     err = capsys.readouterr().err
     good, suspect = (run_dir / "checkpoints" / f"step_{s:08d}" for s in (3, 6))
-    assert "the loss stayed above [train] spike_factor = 30 x its running median" in err
+    assert "the diffusion loss stayed above [train] spike_factor = 30 x its running median" in err
     assert "for 3 steps in a row from step 7" in err and "the run stopped at step 9" in err
     assert f"The last good checkpoint is {good} (step 3)" in err
     assert "step_00000006 holds the state the bad steps started from and is marked with diverged.json" in err
@@ -146,9 +146,22 @@ def test_a_checkpoint_due_during_a_spike_waits_for_the_loss_to_settle(tmp_path, 
     run_dir = tmp_path / "run"
     assert prx_run(run_dir, *SPIKES, "train.keep_checkpoints=10") == 0
     log = (run_dir / "log.txt").read_text()
-    assert "checkpoint of step 6 waits: the loss is above 30 x its running median" in log
+    assert "checkpoint of step 6 waits: the diffusion loss is above 30 x its running median" in log
     assert steps_saved(run_dir) == [3, 8, 9, 12]  # step 6's waited until step 8, the first unspiked loss
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 12
+
+
+def test_a_total_loss_below_zero_is_no_spike(tmp_path, random_effnet):
+    """REPA's term is a negative cosine similarity: with a large weight the total loss goes below
+    zero, where every value is above 30 x a negative median. Spikes are judged on the diffusion
+    term, so the run goes on."""
+    spec, _ = random_effnet
+    run_dir = tmp_path / "run"
+    assert prx_run(run_dir, 'plugins=["repa"]', f"repa.teacher={spec}", "repa.weight=50", "repa.block=1",
+                   "train.log_every=1", *SPIKES) == 0
+    totals = losses(run_dir)
+    assert len(totals) == 12 and sum(total < 0 for total in totals[4:]) >= 6, totals
+    assert steps_saved(run_dir) == [9, 12]
 
 
 # --- the device-side record -----------------------------------------------------------------------
