@@ -22,6 +22,27 @@ def take(loader, n: int) -> list:
     return [next(it) for _ in range(n)]
 
 
+def cut_and_resume(make, workers_before: int, workers_after: int, cut: int, rest: int, tmp_path,
+                   check_state=None) -> tuple[list, object]:
+    """Take ``cut`` batches from ``make(workers_before)``, save its state through ``torch.save``
+    (as a checkpoint does), resume a loader ``make(workers_after)`` from it and take ``rest`` more.
+    Returns the ``cut + rest`` batches and the (closed) resumed loader; ``check_state`` sees the
+    state before it is saved."""
+    first = make(workers_before)
+    it = iter(first)
+    before = [next(it) for _ in range(cut)]
+    state = first.state_dict()
+    if check_state is not None:
+        check_state(state)
+    torch.save(state, tmp_path / "state.pt")
+    first.close()
+    resumed = make(workers_after)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    after = take(resumed, rest)
+    resumed.close()
+    return before + after, resumed
+
+
 def sample_ids(batches) -> list[str]:
     return [i for b in batches for i in b.ids]
 

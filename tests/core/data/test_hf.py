@@ -15,7 +15,7 @@ from prx_core.data.loader import build_loader  # noqa: E402
 from prx_core.data.writers import synthetic_records, write_folder  # noqa: E402
 from prx_core.errors import DataError, RecipeError  # noqa: E402
 
-from data_helpers import by_caption, data_config, sample_ids, take  # noqa: E402
+from data_helpers import by_caption, cut_and_resume, data_config, sample_ids, take  # noqa: E402
 
 COUNT = 60
 
@@ -183,19 +183,13 @@ def test_exact_resume_of_a_mixture_with_a_stream(hf_dirs, tmp_path, workers_befo
     reference = make(workers_before)
     expected = take(reference, 24)
     reference.close()
-    first = make(workers_before)
-    it = iter(first)
-    before = [next(it) for _ in range(9)]
-    state = first.state_dict()
-    assert any(len(entry) == 5 for entry in state["batcher"]["pending"])  # stream samples stored whole
-    torch.save(state, tmp_path / "state.pt")
-    first.close()
-    resumed = make(workers_after)
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    after = take(resumed, 15)
-    resumed.close()
-    assert sample_ids(before + after) == sample_ids(expected)
-    for a, b in zip(before + after, expected):
+
+    def stream_samples_stored_whole(state):
+        assert any(len(entry) == 5 for entry in state["batcher"]["pending"])
+
+    seen, resumed = cut_and_resume(make, workers_before, workers_after, 9, 15, tmp_path, stream_samples_stored_whole)
+    assert sample_ids(seen) == sample_ids(expected)
+    for a, b in zip(seen, expected):
         assert torch.equal(a.images, b.images) and a.captions == b.captions
     stats = resumed.stats()
     assert stats["seen/stream"] > stats["seen/map"]

@@ -14,7 +14,7 @@ from prx_core.data.order import epoch_order
 from prx_core.data.writers import synthetic_records, write_folder, write_parquet, write_webdataset
 from prx_core.errors import DataError, RecipeError
 
-from data_helpers import data_config, sample_ids, take
+from data_helpers import cut_and_resume, data_config, sample_ids, take
 
 COUNT = 120
 
@@ -150,19 +150,12 @@ def test_exact_resume_mid_epoch(data_dir, tmp_path, workers_before, workers_afte
         return build_loader(data, resolution=64, batch_size=6, patch=16, seed=5, rank=1, world_size=2)
 
     reference = take(make(workers_before), 30)
-    first = make(workers_before)
-    it = iter(first)
-    before = [next(it) for _ in range(12)]
-    state = first.state_dict()
-    assert state["batcher"]["pending"]  # the cut leaves samples waiting in buffers
-    torch.save(state, tmp_path / "state.pt")
-    first.close()
-    resumed = make(workers_after)
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    after = take(resumed, 18)
-    resumed.close()
-    assert sample_ids(before + after) == sample_ids(reference)
-    for a, b in zip(before + after, reference):
+    def samples_wait_in_buffers(state):
+        assert state["batcher"]["pending"]  # the cut leaves samples waiting in buffers
+
+    seen, resumed = cut_and_resume(make, workers_before, workers_after, 12, 18, tmp_path, samples_wait_in_buffers)
+    assert sample_ids(seen) == sample_ids(reference)
+    for a, b in zip(seen, reference):
         assert torch.equal(a.images, b.images) and a.captions == b.captions
     assert resumed.stats()["seen"] > COUNT // 2  # the run crossed into this rank's next epochs
 
