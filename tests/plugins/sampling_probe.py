@@ -3,23 +3,16 @@ sampler's ``predict`` that records each call, and one sampling step's inputs."""
 from __future__ import annotations
 
 import torch
+from random_denoiser import SMALL, random_denoiser
 
-from prx_core.model.config import DenoiserConfig
-from prx_core.model.denoiser import PRXDenoiser
 from prx_core.types import Conditioning
-
-SMALL = DenoiserConfig(hidden=32, depth=4, heads=2, mlp_ratio=2.0, patch=4, bottleneck=16, text_dim=8)
 
 
 class Recorder:
     """A real (random-weight) denoiser behind the sampler's ``predict``, recording each call."""
 
     def __init__(self):
-        self.model = PRXDenoiser(SMALL)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in self.model.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+        self.model = random_denoiser(SMALL)
         self.calls = []
 
     def __call__(self, x_t, t, cond, plan):

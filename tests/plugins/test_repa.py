@@ -16,7 +16,6 @@ from prx_core import distributed as D
 from prx_core.data.loader import Batch
 from prx_core.errors import WeightsNotFoundError
 from prx_core.model.config import DenoiserConfig
-from prx_core.model.denoiser import PRXDenoiser
 from prx_core.plan import model_config
 from prx_core.recipe.constraints import config_problems, describe_violation
 from prx_core.recipe.schema import ModelConfig, OptimConfig, Recipe
@@ -29,6 +28,7 @@ from prx_repa import build_projector, projector_forward_flops, repa_loss, teache
 from prx_repa.alignment import RepaAlignment
 from prx_repa.config import RepaConfig
 from prx_repa.plugin import Repa, prx_register_techniques
+from random_denoiser import random_denoiser
 
 MODEL = DenoiserConfig(hidden=32, depth=4, heads=2, mlp_ratio=2.0, patch=8, bottleneck=16, text_dim=8)
 SIDE = 32  # a 4 x 4 token grid; the patch-16 teacher sees 64 px
@@ -43,16 +43,6 @@ def teacher_spec(random_vits) -> str:
 @pytest.fixture(scope="module")
 def teacher(teacher_spec):
     return load_teacher(teacher_spec)
-
-
-def random_model(seed: int = 0) -> PRXDenoiser:
-    """Every weight random: with adaLN-Zero's zeros each block would be the identity."""
-    model = PRXDenoiser(MODEL)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model
 
 
 def step_inputs(batch: int = 2, seed: int = 1):
@@ -99,7 +89,7 @@ def test_projector_is_a_three_layer_silu_mlp_and_its_flops_are_counted():
 def test_routed_capture_gathers_the_teacher_tokens_at_the_route_index(teacher):
     """Under routing the captured rows are the kept tokens; the loss must equal the dense loss
     restricted to exactly those grid positions (checked against an explicit per-token loop)."""
-    model = random_model()
+    model = random_denoiser(MODEL)
     x0, x_t, t, text, mask = step_inputs()
     index = torch.tensor([[0, 3, 5, 6, 9, 10, 12, 15], [1, 2, 4, 7, 8, 11, 13, 14]])
     route = (Route(1, 2, index),)
@@ -138,7 +128,7 @@ def test_the_teacher_sees_the_clean_image_resized_by_the_chosen_mode(teacher):
 
 
 def test_gradients_reach_the_projector_and_the_denoiser_never_the_teacher(teacher):
-    model = random_model()
+    model = random_denoiser(MODEL)
     x0, x_t, t, text, mask = step_inputs()
     x0_hat, captured = model(x_t, t, text, mask, (), capture=(2,))
     projector = build_projector(MODEL.hidden, 16, teacher.dim)
@@ -178,7 +168,7 @@ def test_check_recipe_keeps_the_block_inside_the_model_and_reads_the_teacher():
 def test_hooks_attach_the_projector_capture_the_block_and_return_the_loss(teacher_spec, teacher):
     lines: list[str] = []
     plugin = Repa(RepaConfig(teacher=teacher_spec, block=1, projector_dim=16), context(lines=lines))
-    model = random_model()
+    model = random_denoiser(MODEL)
     modules = plugin.prx_configure_model(model_config=MODEL)
     projector = modules["repa_projector"]
     assert [(m.in_features, m.out_features) for m in projector if isinstance(m, nn.Linear)] == [

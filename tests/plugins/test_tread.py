@@ -10,7 +10,7 @@ from torch import nn
 
 from prx_core.errors import RecipeError
 from prx_core.model.config import PRESETS, DenoiserConfig
-from prx_core.model.denoiser import PRXDenoiser, patchify, unpatchify
+from prx_core.model.denoiser import patchify, unpatchify
 from prx_core.model.flops import block_forward_flops, train_flops_per_image
 from prx_core.model.tokens import gather_tokens, scatter_tokens
 from prx_core.recipe.constraints import config_problems, describe_violation
@@ -20,18 +20,8 @@ from prx_tread.config import RouteSpan, RouteSpec, TreadConfig, resolve_routes
 from prx_tread.plugin import Tread, prx_register_techniques
 from prx_tread.router import TreadRouter
 from prx_tread.routing import kept_count, route_seed, routed_flops_saved, select_tokens, step_generator
+from random_denoiser import SMALL, random_denoiser
 
-SMALL = DenoiserConfig(hidden=32, depth=4, heads=2, mlp_ratio=2.0, patch=4, bottleneck=16, text_dim=8)
-
-
-def random_model(config: DenoiserConfig = SMALL, seed: int = 0) -> PRXDenoiser:
-    """A denoiser with every weight random: adaLN-Zero would make each block the identity."""
-    model = PRXDenoiser(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model
 
 
 def model_inputs(batch: int = 2, height: int = 16, width: int = 16, seed: int = 1):
@@ -168,7 +158,7 @@ def test_router_plans_every_route_on_any_grid():
 
 
 def test_routing_with_keep_one_equals_the_dense_forward():
-    model = random_model()
+    model = random_denoiser()
     x_t, t, text, mask = model_inputs()
     plan = TreadRouter((RouteSpan(1, 2, 1.0),), seed=0, rank=0).plan(2, (4, 4), 0, torch.device("cpu"))
     dense, _ = model(x_t, t, text, mask)
@@ -179,7 +169,7 @@ def test_routing_with_keep_one_equals_the_dense_forward():
 def test_skipped_tokens_keep_their_route_start_values():
     """Route blocks 1..3 (to the last block): the skipped tokens' output must equal that of the
     same model with blocks 1..3 removed, and the kept tokens' must not."""
-    model = random_model()
+    model = random_denoiser()
     truncated = copy.deepcopy(model)
     truncated.blocks = nn.ModuleList(list(model.blocks)[:1])
     x_t, t, text, mask = model_inputs()
@@ -197,7 +187,7 @@ def test_rope_positions_follow_the_kept_tokens():
     attention sees only relative positions, so the kept tokens must come out as a dense forward
     on the right-half crop. Had the positions not been gathered, the kept tokens would sit at
     the grid's first 16 positions (its top half, 2x8), a different layout."""
-    model = random_model()
+    model = random_denoiser()
     x_t, t, text, _ = model_inputs(height=16, width=32)
     no_text = torch.zeros(2, text.shape[1], dtype=torch.bool)
     right = torch.arange(32).view(4, 8)[:, 4:].reshape(1, -1).expand(2, -1).contiguous()
@@ -211,7 +201,7 @@ def test_rope_positions_follow_the_kept_tokens():
 
 
 def test_gradients_reach_the_kept_and_the_skipped_path():
-    model = random_model()
+    model = random_denoiser()
     x_t, t, text, mask = model_inputs()
     x_t.requires_grad_(True)
     index = select_tokens(2, 16, 0.5, torch.Generator().manual_seed(4), "cpu")
@@ -232,7 +222,7 @@ def test_gradients_reach_the_kept_and_the_skipped_path():
 
 
 def test_routed_forward_on_a_non_square_grid():
-    model = random_model()
+    model = random_denoiser()
     x_t, t, text, mask = model_inputs(height=12, width=20)
     plan = TreadRouter((RouteSpan(1, 2, 0.5),), seed=0, rank=0).plan(2, (3, 5), 0, torch.device("cpu"))
     out, captured = model(x_t, t, text, mask, route=plan, capture=(2,))
