@@ -8,7 +8,7 @@ import torch
 from prx_core.data.scenes import render_scene
 from prx_core.evaluation.checker import prompt_following_score
 from prx_core.evaluation.frechet import distribution_metrics, load_feature_network
-from prx_core.evaluation.prompts import eval_scenes
+from prx_core.evaluation.prompts import evaluation_scenes
 from prx_core.generate import generate
 from prx_core.model.denoiser import PRXDenoiser
 from prx_core.recipe.schema import EvalConfig, SampleConfig
@@ -30,11 +30,12 @@ def evaluate(
     guidance: Guidance | None = None,
     autocast: torch.dtype | None = None,
 ) -> dict:
-    """``{"prompt_following": {"overall", "color", ...}, "distribution": {"fd_efficientnet", ...}}``."""
-    scenes = eval_scenes(eval_config.num_prompts, eval_config.seed)
+    """``{"prompts": "held-out" | "training", "prompt_following": {"overall", "color", ...},
+    "distribution": {"fd_efficientnet", ...}}``."""
+    scenes = evaluation_scenes(eval_config)
     images = generate(model, text_encoder, [s.caption() for s in scenes], (resolution, resolution), sample_config,
                       steps=eval_config.steps, guidance=guidance, seed=eval_config.seed, autocast=autocast)
-    result = {"prompt_following": prompt_following_score(images, scenes)}
+    result = {"prompts": eval_config.prompts, "prompt_following": prompt_following_score(images, scenes)}
     if eval_config.distribution_metrics:
         reference = [render_scene(s, resolution, resolution, index=i, seed=eval_config.seed)
                      for i, s in enumerate(scenes)]

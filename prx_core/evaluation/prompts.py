@@ -9,6 +9,7 @@ give or take one.
 from __future__ import annotations
 
 from prx_core.data.scenes import Scene, scene_for_index
+from prx_core.recipe.schema import EvalConfig
 
 
 def eval_scenes(n: int, seed: int) -> list[Scene]:
@@ -19,3 +20,9 @@ def eval_scenes(n: int, seed: int) -> list[Scene]:
 def train_scenes(n: int, seed: int) -> list[Scene]:
     """The first ``n`` training scenes for ``seed`` (what the training data starts with)."""
     return [scene_for_index(index, "train", seed) for index in range(n)]
+
+
+def evaluation_scenes(config: EvalConfig) -> list[Scene]:
+    """The scenes ``[eval] prompts`` names: held-out pairs, or pairs training shows."""
+    split = eval_scenes if config.prompts == "held-out" else train_scenes
+    return split(config.num_prompts, config.seed)

@@ -237,7 +237,11 @@ class EvalConfig:
 
     ``every``: also evaluate prompt following every that many steps during training (0: only at
     the end), one row per evaluation in ``evals.jsonl`` with the step and the training clock
-    (evaluation time is not counted in it): quality against training time."""
+    (evaluation time is not counted in it): quality against training time.
+
+    ``prompts``: ``"held-out"`` (the colour x shape pairs training never shows: generalisation to
+    new combinations) or ``"training"`` (pairs training shows): the two side by side tell an
+    attribute the model cannot render from one it cannot combine."""
 
     num_prompts: int = setting(64, at_least(1))
     steps: int = setting(50, at_least(1))  # PRX samples with 50 Euler steps
@@ -247,6 +251,7 @@ class EvalConfig:
         each(Check(is_metric_spec, '"efficientnet-lite0", "pixels", "inception[:PATH]" or "clip[:ID_OR_DIR]"')),
         DISTINCT)
     every: int = setting(0, at_least(0))
+    prompts: Literal["held-out", "training"] = "held-out"
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(("num_prompts", "distribution_metrics"), "num_prompts >= 2 when distribution_metrics is not empty",

@@ -24,7 +24,8 @@ from prx_core.data.scenes import (
 )
 from prx_core.errors import DataError
 from prx_core.evaluation.checker import ATTRIBUTES, CHANCE, CheckResult, check_image, prompt_following_score
-from prx_core.evaluation.prompts import eval_scenes, train_scenes
+from prx_core.evaluation.prompts import eval_scenes, evaluation_scenes, train_scenes
+from prx_core.recipe.schema import EvalConfig
 
 VOCABULARY = {
     "background": BACKGROUNDS,
@@ -93,6 +94,16 @@ def test_eval_split_holds_out_colour_shape_pairs_and_its_captions_are_never_trai
     }
     assert len(every_training_caption) == 4 * 6 * 2 * 2 * 9 * 3
     assert not {s.caption() for s in eval_scenes(1000, seed=0)} & every_training_caption
+
+
+def test_eval_prompts_setting_picks_held_out_or_training_pairs():
+    held_out = evaluation_scenes(EvalConfig(num_prompts=60, seed=3))
+    seen = evaluation_scenes(EvalConfig(num_prompts=60, seed=3, prompts="training"))
+    assert held_out == eval_scenes(60, seed=3) and seen == train_scenes(60, seed=3)
+    assert all(map(is_eval_combination, held_out)) and not any(map(is_eval_combination, seen))
+    # both sets cover each shape evenly, so a shape score on either has the same chance level
+    for scenes in (held_out, seen):
+        assert collections.Counter(s.shape for s in scenes) == {shape: 20 for shape in SHAPES}
 
 
 def test_invalid_requests_raise():

@@ -302,6 +302,17 @@ def test_prx_eval_writes_eval_json_into_the_run_folder(tiny_run, tmp_path):
     assert main(["eval", str(run_dir), "--set", "eval.num_prompts=2"]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["step"] == 6 and set(result["prompt_following"]) == PROMPT_KEYS
+    assert result["prompts"] == "held-out"
+
+
+def test_prx_eval_on_training_pairs_writes_its_own_file(tiny_run, tmp_path, capsys):
+    run_dir = copy_of(tiny_run, tmp_path)
+    held_out = (run_dir / "eval.json").read_text()
+    assert main(["eval", str(run_dir), "--set", "eval.num_prompts=2", "--set", "eval.prompts=training"]) == 0
+    assert (run_dir / "eval.json").read_text() == held_out  # the run's own evaluation is kept
+    result = json.loads((run_dir / "eval_training.json").read_text())
+    assert result["prompts"] == "training" and set(result["prompt_following"]) == PROMPT_KEYS
+    assert "2 training prompts, step 6" in capsys.readouterr().out
 
 
 # --- the trainer's step ---------------------------------------------------------------------
