@@ -85,20 +85,20 @@ def register(subparsers) -> None:
         "while it trains. The measurement is kept in ABLATION/bench.json and reused when the ablation continues. "
         "Example: prx ablate recipes/quickstart.toml --vary tread+tread_guidance,repa,muon --design add-and-remove "
         "--seeds 2 --anchor-seeds 3 --budget bench:480 --parallel 2")
-    bench.add_argument("--bench-clock", choices=CLOCKS, default="wall",
+    bench.add_argument("--bench-clock", choices=CLOCKS,
                        help="wall: the wall-clock of this process's threads, what a user sees on a quiet machine "
                             "(the measurement waits for one); cpu: the CPU time of one thread, which a busy machine "
                             "does not inflate, so the budget is seconds of one core (default: wall)")
-    bench.add_argument("--bench-rounds", type=int, default=5, metavar="R",
+    bench.add_argument("--bench-rounds", type=int, metavar="R",
                        help="interleaved rounds; each phase's step time is the median over them (default: 5)")
-    bench.add_argument("--bench-steps", type=int, default=3, metavar="N",
+    bench.add_argument("--bench-steps", type=int, metavar="N",
                        help="timed optimizer steps per phase and round (default: 3)")
     bench.add_argument("--bench-max-load", type=float, metavar="LOAD",
                        help="a measurement during which the 1-minute load average exceeded LOAD is repeated after "
                             "waiting for a quieter machine (default: this process's threads + 1)")
-    bench.add_argument("--bench-attempts", type=int, default=3, metavar="N",
+    bench.add_argument("--bench-attempts", type=int, metavar="N",
                        help="measurements at most; the one under the lowest load is kept (default: 3)")
-    bench.add_argument("--bench-wait", type=float, default=10.0, metavar="MINUTES",
+    bench.add_argument("--bench-wait", type=float, metavar="MINUTES",
                        help="how long to wait for a quieter machine between attempts (default: 10)")
     cluster = p.add_argument_group(
         "cluster (--executor slurm)",
@@ -179,6 +179,23 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
 CLUSTER_ONLY = ("partition", "account", "qos", "constraint", "sbatch", "setup", "detach", "mem_gb")
 
 
+BENCH_DEFAULTS = {"bench_clock": "wall", "bench_rounds": 5, "bench_steps": 3, "bench_max_load": None,
+                  "bench_attempts": 3, "bench_wait": 10.0}
+"""The bench budget's options and their defaults (None: derived from the clock when measuring)."""
+
+
+def check_bench_options(args: argparse.Namespace, kind: str) -> None:
+    """Refuse bench options without a bench budget (they would be ignored), then fill in the defaults."""
+    given = [f"--{name.replace('_', '-')}" for name in BENCH_DEFAULTS if getattr(args, name) is not None]
+    if given and kind != "bench":
+        raise UserError(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} how a bench budget measures each "
+                        f"variant's throughput, but --budget is {args.budget}, which measures nothing. Use --budget "
+                        f"bench:SECONDS (e.g. bench:480) or drop {'it' if len(given) == 1 else 'them'}.")
+    for name, default in BENCH_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def check_local_options(args: argparse.Namespace) -> None:
     given = [name for name in CLUSTER_ONLY if getattr(args, name)]
     if given:
@@ -207,6 +224,7 @@ def make_plan(args: argparse.Namespace) -> tuple[AblationPlan, Recipe]:
     variants, skipped = split_valid(design_variants(recipe.plugins, factors, args.design, args.pairs),
                                     lambda plugins: selection_problems(plugins, registry, "the variant's plugins"))
     kind, _ = budget_seconds(args.budget)
+    check_bench_options(args, kind)
     if kind == "bench" and any(item.partition("=")[0].strip() == "train.phase_steps" for item in args.overrides):
         raise UserError("--set train.phase_steps: a bench budget sets each variant's phase steps itself; drop "
                         "the --set, or use --budget steps.")

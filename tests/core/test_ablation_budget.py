@@ -230,6 +230,18 @@ def test_a_bench_budget_is_refused_with_the_slurm_executor(capsys):
     assert "not where the runs train" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("budget", ["steps", "wall:60"])
+def test_bench_options_without_a_bench_budget_are_refused_not_ignored(budget, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    argv = ["ablate", str(TINY_RECIPE), "--vary", "cfg", "--budget", budget, "--bench-clock", "cpu", "--bench-rounds",
+            "2", "--out", str(out)]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--bench-clock, --bench-rounds set how a bench budget measures each variant's throughput, but --budget is " \
+           f"{budget}" in err and "Use --budget bench:SECONDS" in err
+    assert not out.exists()
+
+
 def test_a_stored_cpu_clock_measurement_is_not_continued_on_the_wall_clock(tmp_path):
     registry = discover()
     recipes = {"plain": load_recipe(TINY_RECIPE, [], registry)}
