@@ -40,6 +40,12 @@ def flatten(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def scores_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What a tracker gets of an evaluation (an evals.jsonl row or eval.json): the scores, not the
+    bookkeeping beside them (step, phase, clocks)."""
+    return {key: row[key] for key in ("prompt_following", "distribution") if key in row}
+
+
 def tracker_state_path(folder: Path, tracker: str) -> Path:
     return Path(folder) / TRACKER_STATE_DIR / f"{tracker}.json"
 

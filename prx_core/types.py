@@ -283,7 +283,9 @@ class MetricsSink(Protocol):
         ...
 
     def evaluation(self, step: int, results: Mapping[str, float]) -> None:
-        """The final evaluation, flattened: ``{"prompt_following/overall": 0.43, ...}``."""
+        """An evaluation at training step ``step``, flattened: ``{"prompt_following/overall": 0.43, ...}``;
+        each periodic one (``[eval] every``, prompt following only) and the final one (with the
+        distribution metrics), in step order with the metrics rows."""
         ...
 
     def close(self, status: str) -> None:

@@ -69,7 +69,10 @@ class WandbSink:
             self.wandb_run.log({"samples": wandb.Image(grid.image, caption=caption)}, step=step)
 
     def evaluation(self, step: int, results: Mapping[str, float]) -> None:
-        self.wandb_run.summary.update({f"eval/{key}": value for key, value in results.items()})
+        values = {f"eval/{key}": value for key, value in results.items()}
+        if step > self.held:  # the curve: periodic evaluations and the final one in the history
+            self.wandb_run.log(values, step=step)
+        self.wandb_run.summary.update(values)  # the latest evaluation, also after a resume that logs nothing
 
     def close(self, status: str) -> None:
         if self.wandb_run is not None:

@@ -25,6 +25,7 @@ from prx_core.registry import Registry
 from prx_core.runfolder import EVAL, SUMMARY, RunFolder, final_means
 from prx_core.techniques import TechniqueSet, TracedGuidance
 from prx_core.text import check_text_width, load_text_encoder
+from prx_core.tracking import scores_of
 from prx_core.train.checkpointing import Checkpointing
 from prx_core.train.initial_weights import check_initial_weights
 from prx_core.train.periodic_eval import curve_line, eval_due, evaluate_during_training, evaluation_curve
@@ -172,7 +173,7 @@ def _train(recipe: Recipe, registry: Registry, folder: RunFolder, resume: bool, 
                     write_samples(trainer, folder, recipe, info, sinks)
                 if eval_due(recipe.eval.every, trainer.step, total_steps):
                     paused = time.monotonic()
-                    evaluate_now(trainer, folder, recipe, info, console, paused - started)
+                    evaluate_now(trainer, folder, recipe, info, console, paused - started, sinks)
                     started += time.monotonic() - paused  # the training clock stops while evaluating
                     window_start += time.monotonic() - paused
                 saved = checkpoints.offer(health) if due or checkpoints.pending else True
@@ -286,14 +287,15 @@ def images_seen(phases, step: int) -> int:
 
 
 def evaluate_now(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo, console: RunConsole,
-                 training_s: float) -> None:
-    """A periodic evaluation ([eval] every) into evals.jsonl (rank 0)."""
+                 training_s: float, sinks: Sinks) -> None:
+    """A periodic evaluation ([eval] every) into evals.jsonl and the trackers (rank 0)."""
     model = sampling_model(trainer)  # on every rank: under FSDP2 this gathers the EMA shards
     if not info.is_main:
         return
     row = evaluate_during_training(model, trainer.text_encoder, resolve_guidance(trainer, recipe), recipe,
                                    trainer.step, trainer.phase.name, trainer.phase.resolution, trainer.autocast,
                                    training_s, folder)
+    sinks.evaluation(trainer.step, scores_of(row))
     console.log(f"eval at step {trainer.step}: prompt following {row['prompt_following']['overall']:.3f} "
                 f"({row['eval_s']:.1f} s, not counted in wall_s)")
 
@@ -310,7 +312,7 @@ def finish(trainer: Trainer, folder: RunFolder, recipe: Recipe, info: D.DistInfo
                                                    trainer.autocast)}
     score = evaluation["prompt_following"]
     folder.write_json(EVAL, evaluation)
-    sinks.evaluation(trainer.step, evaluation)
+    sinks.evaluation(trainer.step, scores_of(evaluation))
     rows = folder.read_metrics()
     wall = rows[-1]["wall_s"] if rows else time.monotonic() - started
     images = images_seen(phases, trainer.step)

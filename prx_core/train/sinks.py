@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from prx_core.techniques import TechniqueSet
-from prx_core.runfolder import RunFolder
-from prx_core.tracking import flatten
+from prx_core.runfolder import EVALS, RunFolder
+from prx_core.tracking import flatten, scores_of
 from prx_core.types import MetricsSink, RunStart, SampleGrid
 
 CLOSE_TIMEOUT_S = 300.0
@@ -97,15 +97,18 @@ class Sinks:
 
     def replay(self, folder: RunFolder, start_step: int, finished: bool) -> None:
         """After ``--resume``: send again what the run folder logged up to ``start_step`` (its
-        metrics rows and sample grids; not the final grid of a finished run, which the run makes
-        again), in step order, for the trackers to fill in what they lost when the run was killed
-        (a tracker's buffers, or queued records its thread had not written)."""
+        metrics rows, periodic evaluations and sample grids; not the final grid of a finished run,
+        which the run makes again), in step order, for the trackers to fill in what they lost when
+        the run was killed (a tracker's buffers, or queued records its thread had not written)."""
         rows = {row["step"]: row for row in folder.read_metrics() if row["step"] <= start_step}
+        evaluations = {row["step"]: row for row in folder.read_rows(EVALS) if row["step"] <= start_step}
         last_grid = start_step - 1 if finished else start_step
         grids = {int(path.stem.removeprefix("step_")): path for path in sorted(folder.samples.glob("step_*.png"))}
-        for step in sorted(set(rows) | {s for s in grids if s <= last_grid}):
+        for step in sorted(set(rows) | set(evaluations) | {s for s in grids if s <= last_grid}):
             if step in rows:
                 self.metrics(step, rows[step])
+            if step in evaluations:
+                self.evaluation(step, scores_of(evaluations[step]))
             if step in grids and step <= last_grid:
                 prompts = grids[step].with_suffix(".txt")
                 captions = tuple(prompts.read_text().splitlines()) if prompts.is_file() else ()

@@ -33,7 +33,7 @@ DETERMINISTIC = ("loss", "loss/diffusion", "lr", "grad_norm")
 
 
 def tracker_settings(tmp: Path) -> list[str]:
-    return ['plugins=["tensorboard", "wandb", "mlflow"]', f"train.steps={STEPS}", "train.sample_every=2",
+    return ['plugins=["tensorboard", "wandb", "mlflow"]', f"train.steps={STEPS}", "train.sample_every=2", "eval.every=2",
             'wandb.mode="offline"', f'mlflow.tracking_uri="sqlite:///{tmp}/mlflow.db"',
             f'mlflow.artifact_location="{tmp}/mlartifacts"', 'mlflow.experiment="prx-test"']
 
@@ -69,6 +69,16 @@ def killed_and_resumed(tmp_path_factory) -> tuple[Path, Path, str]:
     return run_dir, tmp, json.dumps(before)
 
 
+def evaluations_of(run_dir: Path) -> list[tuple[int, float]]:
+    """The run's overall prompt-following curve: the periodic evaluations (evals.jsonl, steps 2, 4,
+    6) and the final one (eval.json, step 8)."""
+    periodic = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines() if line]
+    final = json.loads((run_dir / "eval.json").read_text())
+    curve = [(row["step"], row["prompt_following"]["overall"]) for row in [*periodic, final]]
+    assert [step for step, _ in curve] == [2, 4, 6, STEPS]
+    return curve
+
+
 def check_steps(steps_values: list[tuple[int, float]], rows: list[dict], key: str, exact: bool = True) -> None:
     """Each step once, in order, with the value metrics.jsonl has (float32 where the tracker stores that)."""
     assert [step for step, _ in steps_values] == [row["step"] for row in rows], key
@@ -100,9 +110,8 @@ def test_tensorboard_holds_each_step_once_with_the_values_of_metrics_jsonl(kille
     text = prompts[-1].tensor_proto.string_val[0].decode()
     assert text.splitlines()[0].startswith("1. ") and text.splitlines()[0][3:] in (run_dir / "samples" /
                                                                                    "step_00000008.txt").read_text()
-    evaluation = json.loads((run_dir / "eval.json").read_text())
     overall = events.Scalars("eval/prompt_following/overall")
-    assert [(e.step, e.value) for e in overall] == [(STEPS, float(np.float32(evaluation["prompt_following"]["overall"])))]
+    assert [(e.step, e.value) for e in overall] == [(step, float(np.float32(v))) for step, v in evaluations_of(run_dir)]
     assert [e.step for e in events.Tensors("recipe/text_summary")] == [0]
     recipe_text = events.Tensors("recipe/text_summary")[0].tensor_proto.string_val[0].decode()
     assert f"steps = {STEPS}" in recipe_text and "[wandb]" in recipe_text
@@ -138,8 +147,11 @@ def test_wandb_offline_files_hold_each_step_once_in_one_run(killed_and_resumed):
     assert all(row["samples._type"] == "image-file" for row in logged if "samples._type" in row)
     records = [r for path in files for r in read_records(path)]
     summaries = [r["summary"]["update"] for r in records if r.get("type") == "summary"]
-    evaluation = json.loads((run_dir / "eval.json").read_text())
-    assert any(s.get("eval/prompt_following/overall") == evaluation["prompt_following"]["overall"] for s in summaries)
+    curve = evaluations_of(run_dir)
+    assert [(row["_step"], row["eval/prompt_following/overall"]) for row in logged
+            if "eval/prompt_following/overall" in row] == curve
+    summarised = [s["eval/prompt_following/overall"] for s in summaries if "eval/prompt_following/overall" in s]
+    assert summarised[-1] == curve[-1][1]  # the run summary's last word is the final evaluation
     configs = [r["run"]["config"]["update"] for r in records if r.get("type") == "run"]
     assert configs and all(c["train"]["steps"] == STEPS and c["run"]["trackers"] == ["mlflow", "tensorboard", "wandb"]
                            for c in configs)
@@ -163,9 +175,8 @@ def test_mlflow_store_holds_one_run_with_each_step_once(killed_and_resumed):
     throughput = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "images_per_s")}
     assert [throughput[s] for s in range(CHECKPOINT + 1, KILLED_AT)] == [
         first[s]["images_per_s"] for s in range(CHECKPOINT + 1, KILLED_AT)]  # the first record is kept
-    evaluation = json.loads((run_dir / "eval.json").read_text())
-    [overall] = client.get_metric_history(run.info.run_id, "eval/prompt_following/overall")
-    assert (overall.step, overall.value) == (STEPS, evaluation["prompt_following"]["overall"])
+    overall = client.get_metric_history(run.info.run_id, "eval/prompt_following/overall")
+    assert sorted((m.step, m.value) for m in overall) == evaluations_of(run_dir)
     assert run.data.params["train.steps"] == str(STEPS) and run.data.params["plugins"] == json.dumps(
         ["tensorboard", "wandb", "mlflow"])
     assert run.data.tags["prx.device"] == "cpu" and json.loads(run.data.tags["prx.trackers"]) == [
