@@ -18,8 +18,8 @@ def register(subparsers) -> None:
                     "With --set eval.prompts=training it scores colour x shape pairs that training shows\n"
                     "instead, into eval_training.json: an attribute low on both cannot be rendered yet, one\n"
                     "low only on the held-out pairs cannot be combined with the others yet.",
-        epilog="Examples: prx eval runs/quickstart --set eval.num_prompts=128\n"
-               "          prx eval runs/quickstart --set eval.num_prompts=128 --set eval.prompts=training",
+        epilog="Example: prx eval runs/quickstart --set eval.num_prompts=128\n"
+               "(and on pairs training shows: add --set eval.prompts=training)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="run folder (runs/NAME), its checkpoints/ folder or one step folder")

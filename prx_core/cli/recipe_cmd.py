@@ -39,12 +39,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     validate = actions.add_parser(
         "validate",
-        help="check a recipe without training: keys, types, plugins, conflicts",
-        description="Load the recipe, build its techniques and run their checks, without any training compute. "
-        "Exit code 0 when the recipe can run, 2 with the problems listed otherwise.",
+        help="check a recipe without training: keys, types, plugins, conflicts, and this machine",
+        description="Load the recipe, build its techniques and run their checks, then check that this machine "
+        "has what the run needs (the device, the data sources, the text encoder, the evaluation's metric "
+        "networks), without any training compute. Exit code 0 when the recipe can run here, 2 with the problems "
+        "listed otherwise.",
+        epilog="Example: prx recipe validate recipes/quickstart.toml   (a recipe for another machine: prx recipe "
+        "validate recipes/speedrun.toml --skip-local-checks)",
     )
     validate.add_argument("recipe", metavar="RECIPE", help="path to a recipe file, e.g. recipes/speedrun.toml")
     add_set_argument(validate)
+    validate.add_argument("--skip-local-checks", action="store_true",
+                          help="check the recipe for another machine: leave out the device, data paths, text "
+                          "encoder and metric weights of this one")
     validate.set_defaults(func=_validate)
 
 
@@ -66,5 +73,11 @@ def _validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides, registry=registry)
     techniques = TechniqueSet(recipe, registry, RunContext(recipe=recipe, seed=recipe.seed), model_config(recipe))
     selected = ", ".join(techniques.names) or "no techniques"
-    print(f"{args.recipe}: ok ({selected})")
+    if args.skip_local_checks:
+        print(f"{args.recipe}: ok ({selected}; this machine not checked)")
+        return 0
+    from prx_core.train.preflight import check_local
+
+    check_local(recipe)
+    print(f"{args.recipe}: ok ({selected}; this machine has its device, data, text encoder and metric networks)")
     return 0
