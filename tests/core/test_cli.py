@@ -62,11 +62,10 @@ def test_an_unknown_recipe_key_exits_2_naming_it(tmp_path, capsys):
 
 
 def test_recipe_validate_checks_this_machine_unless_told_to_skip(capsys):
-    # The speedrun's recipe is valid, but its data and text encoder are not on this machine.
+    # The speedrun's recipe is valid, but its data are not on this machine (its text encoder may be cached).
     assert main(["recipe", "validate", str(SPEEDRUN)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "speedrun.toml: [data] sources[0]: No Parquet files (.parquet) found at /data/flux-generated/*.parquet" in err
-    assert "speedrun.toml: [text] encoder: 'google/t5gemma-2b-2b-ul2' is not in the local Hugging Face cache" in err
     assert main(["recipe", "validate", str(SPEEDRUN), "--skip-local-checks"]) == 0
     assert "this machine not checked" in capsys.readouterr().out
     assert main(["recipe", "validate", str(ROOT / "recipes" / "quickstart.toml")]) == 0
