@@ -69,7 +69,7 @@ def test_recipe_validate_checks_this_machine_unless_told_to_skip(capsys):
     assert main(["recipe", "validate", str(SPEEDRUN), "--skip-local-checks"]) == 0
     assert "this machine not checked" in capsys.readouterr().out
     assert main(["recipe", "validate", str(ROOT / "recipes" / "quickstart.toml")]) == 0
-    assert "ok (multires, muon, repa, tread, tread_guidance; this machine has its device, data" in capsys.readouterr().out
+    assert "ok (cfg, multires, muon, repa, tread; this machine has its device, data" in capsys.readouterr().out
 
 
 @pytest.mark.slow
