@@ -10,6 +10,7 @@ METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"
 SUMMARY = "summary.json"
 EVAL = "eval.json"
+EVAL_TRAINING = "eval_training.json"  # `prx eval --set eval.prompts=training`, beside the run's own
 
 
 class RunFolder:

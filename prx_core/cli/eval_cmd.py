@@ -31,11 +31,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from prx_core.evaluation.prompt_following import evaluate
     from prx_core.inference import load_for_sampling, run_folder_of
+    from prx_core.runfolder import EVAL, EVAL_TRAINING
 
     inf = load_for_sampling(args.checkpoint, tuple(args.overrides))
     result = {"step": inf.step, **evaluate(inf.model, inf.text_encoder, inf.recipe.eval, inf.recipe.sample,
                                            inf.resolution, inf.guidance, inf.autocast)}
-    name = "eval.json" if inf.recipe.eval.prompts == "held-out" else "eval_training.json"
+    name = EVAL if inf.recipe.eval.prompts == "held-out" else EVAL_TRAINING
     out = args.out or run_folder_of(args.checkpoint) / name
     Path(out).write_text(json.dumps(result, indent=2))
     print(f"{inf.recipe.eval.num_prompts} {inf.recipe.eval.prompts} prompts, step {inf.step}")
